@@ -1,0 +1,134 @@
+//! The command line: argument definitions (clap derive; `///` comments are the `--help`
+//! text), one file per command, and the single place where outcomes become exit codes.
+//!
+//! Commands parse and validate their arguments, call the library, and print: human text
+//! by default, exactly one JSON document on stdout with `--json`. Nothing below `cli/`
+//! prints or exits.
+
+mod boot;
+pub mod diff;
+mod diff_hardware;
+mod diff_image;
+mod diff_tree;
+mod fingerprint;
+mod fingerprint_hardware;
+mod fingerprint_image;
+mod fingerprint_tree;
+mod init;
+mod ledger;
+mod output;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::exit::{self, Exit};
+pub use output::Output;
+
+/// vmledger: offline-first licensing ledger for virtual appliances.
+///
+/// Exit codes: 0 ok, 1 negative answer (verification failed, mismatch, violation),
+/// 2 usage/I-O/internal error, 3 locked, 4 disabled.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmledger",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after any command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// State directory [default: /var/lib/vmledger as root, else $XDG_STATE_HOME/vmledger]
+    #[arg(long, global = true, env = "VMLEDGER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Config file [default: /etc/vmledger/config.toml as root, else $XDG_CONFIG_HOME/vmledger/config.toml]
+    #[arg(long, global = true, env = "VMLEDGER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this instance's identity (instance id, Ed25519 key) and its ledger
+    Init(init::Args),
+    /// Record a boot in the ledger (creating the identity on a sealed image's first boot)
+    Boot(boot::Args),
+    /// Show the instance, its ledger head and license state
+    Status(status::Args),
+    /// Inspect, verify and export the ledger
+    #[command(subcommand)]
+    Ledger(ledger::Command),
+    /// Fingerprint disk images, virtual hardware or file trees
+    #[command(subcommand)]
+    Fingerprint(fingerprint::Command),
+    /// Compare two images, manifests, hardware or tree fingerprints (exit 1 when they differ)
+    Diff(diff::Args),
+}
+
+/// What every command gets: the global options and the output mode.
+pub struct Ctx {
+    pub global: GlobalArgs,
+    pub out: Output,
+}
+
+impl Ctx {
+    /// Resolve the configuration (defaults < file < env < flags); `serial` is the
+    /// command's own `--serial`, if it has one.
+    pub fn config(&self, serial: Option<&str>) -> anyhow::Result<Config> {
+        Ok(Config::load(&Overrides {
+            state_dir: self.global.state_dir.clone(),
+            config: self.global.config.clone(),
+            serial: serial.map(str::to_string),
+        })?)
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let ctx = Ctx {
+        out: Output::new(cli.global.json),
+        global: cli.global,
+    };
+    match cli.command {
+        Command::Init(a) => init::run(&ctx, a),
+        Command::Boot(a) => boot::run(&ctx, a),
+        Command::Status(a) => status::run(&ctx, a),
+        Command::Ledger(c) => ledger::run(&ctx, c),
+        Command::Fingerprint(c) => fingerprint::run(&ctx, c),
+        Command::Diff(a) => diff::run(&ctx, a),
+    }
+}
+
+/// Entry point of the binary: parse, run, report, and decide the exit code.
+pub fn main() -> ExitCode {
+    crate::fsutil::restrict_umask();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are successes; every usage error is 2.
+            return ExitCode::from(if e.use_stderr() { exit::ERROR } else { 0 });
+        }
+    };
+    let json = cli.global.json;
+    match run(cli) {
+        Ok(outcome) => ExitCode::from(outcome.code()),
+        Err(err) => {
+            Output::new(json).error(&err);
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

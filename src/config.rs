@@ -1,0 +1,389 @@
+//! Configuration: where state lives and the settings every command reads, resolved in
+//! layers: built-in defaults < config file (TOML) < `VMLEDGER_*` environment variables <
+//! command-line flags.
+//!
+//! The config file is `/etc/vmledger/config.toml` when running as root, otherwise
+//! `$XDG_CONFIG_HOME/vmledger/config.toml` (fallback `~/.config/vmledger/config.toml`);
+//! `--config FILE` overrides. A missing default file is fine; a missing `--config` file is
+//! an error. Unknown keys are errors that name the key and the file. Environment variables
+//! are read by exact name (the table in [`ENV_VARS`]); other `VMLEDGER_*` names are ignored.
+//!
+//! This module only reads. It owns no state and never writes a file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Every environment variable vmledger reads, and what it sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    (
+        "VMLEDGER_STATE_DIR",
+        "state directory (same as --state-dir)",
+    ),
+    ("VMLEDGER_CONFIG", "config file (same as --config)"),
+    (
+        "VMLEDGER_SERIAL",
+        "serial used when a sealed image first boots",
+    ),
+    (
+        "VMLEDGER_SERVICE_URL",
+        "licensing service URL ([service] url)",
+    ),
+    (
+        "VMLEDGER_SERVICE_KEY",
+        "licensing service public key ([service] public_key)",
+    ),
+    (
+        "VMLEDGER_GRACE_DAYS",
+        "days from an overdue check-in to the lock ([license] grace_days)",
+    ),
+    (
+        "VMLEDGER_WARN_DAYS",
+        "days before SLA end that warnings start ([license] warn_days)",
+    ),
+    (
+        "VMLEDGER_SLA_GRACE_DAYS",
+        "days from SLA end to permanent disable ([license] sla_grace_days)",
+    ),
+];
+
+/// Errors while locating or reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error(
+        "cannot find a home directory for the state dir: set HOME, XDG_STATE_HOME, VMLEDGER_STATE_DIR or pass --state-dir"
+    )]
+    NoHome,
+}
+
+/// The config file as written. Every table rejects unknown keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Serial number used when a sealed image first boots without an identity.
+    pub serial: Option<String>,
+    /// State directory (overridden by `VMLEDGER_STATE_DIR` and `--state-dir`).
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub service: ServiceSection,
+    #[serde(default)]
+    pub license: LicenseSection,
+}
+
+/// `[service]`: where the appliance checks in.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Licensing service URL; overrides the one stored by `init --service`.
+    pub url: Option<String>,
+    /// The service's Ed25519 public key (standard base64 of the raw 32 bytes).
+    pub public_key: Option<String>,
+}
+
+/// `[license]`: the countdown lengths.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseSection {
+    pub grace_days: Option<u32>,
+    pub warn_days: Option<u32>,
+    pub sla_grace_days: Option<u32>,
+}
+
+/// Flags that override everything else (already merged with their `env =` fallbacks by
+/// clap, which keeps flags above the environment).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub serial: Option<String>,
+}
+
+/// The resolved configuration every command reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// `None` when no default could be derived (no HOME); see [`Config::state_dir`].
+    state_dir: Option<PathBuf>,
+    pub serial: Option<String>,
+    pub service: ServiceSection,
+    pub license: License,
+}
+
+/// License countdown settings with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct License {
+    pub grace_days: u32,
+    pub warn_days: u32,
+    pub sla_grace_days: u32,
+}
+
+impl Default for License {
+    fn default() -> Self {
+        License {
+            grace_days: 7,
+            warn_days: 30,
+            sla_grace_days: 14,
+        }
+    }
+}
+
+/// Where the process gets its environment from (the real one, or a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// True when running with effective uid 0: system-wide defaults apply.
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Config {
+    /// Resolve the configuration from the real environment.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::resolve(overrides, &ProcessEnv, running_as_root())
+    }
+
+    /// Resolve the configuration: defaults < file < environment < flags.
+    pub fn resolve(
+        overrides: &Overrides,
+        env: &dyn Env,
+        root: bool,
+    ) -> Result<Config, ConfigError> {
+        let (config_file, file) = match &overrides.config {
+            Some(path) => (Some(path.clone()), read_file(path)?),
+            None => {
+                let path = default_config_path(env, root);
+                match path {
+                    Some(p) if p.exists() => (Some(p.clone()), read_file(&p)?),
+                    _ => (None, FileConfig::default()),
+                }
+            }
+        };
+
+        let state_dir = match overrides.state_dir.clone() {
+            Some(d) => Some(d),
+            None => match env_path(env, "VMLEDGER_STATE_DIR") {
+                Some(d) => Some(d),
+                None => match file.state_dir.clone() {
+                    Some(d) => Some(d),
+                    None => default_state_dir(env, root).ok(),
+                },
+            },
+        };
+
+        let serial = overrides
+            .serial
+            .clone()
+            .or_else(|| env.var("VMLEDGER_SERIAL"))
+            .or(file.serial.clone());
+
+        let mut service = file.service.clone();
+        if let Some(url) = env.var("VMLEDGER_SERVICE_URL") {
+            service.url = Some(url);
+        }
+        if let Some(key) = env.var("VMLEDGER_SERVICE_KEY") {
+            service.public_key = Some(key);
+        }
+
+        let d = License::default();
+        let license = License {
+            grace_days: env_u32(env, "VMLEDGER_GRACE_DAYS")?
+                .or(file.license.grace_days)
+                .unwrap_or(d.grace_days),
+            warn_days: env_u32(env, "VMLEDGER_WARN_DAYS")?
+                .or(file.license.warn_days)
+                .unwrap_or(d.warn_days),
+            sla_grace_days: env_u32(env, "VMLEDGER_SLA_GRACE_DAYS")?
+                .or(file.license.sla_grace_days)
+                .unwrap_or(d.sla_grace_days),
+        };
+
+        Ok(Config {
+            config_file,
+            state_dir,
+            serial,
+            service,
+            license,
+        })
+    }
+}
+
+impl Config {
+    /// The state directory, or an error saying how to set one.
+    pub fn state_dir(&self) -> Result<&Path, ConfigError> {
+        self.state_dir.as_deref().ok_or(ConfigError::NoHome)
+    }
+}
+
+/// Parse a config file, naming the file (and, through the TOML error, the key) on failure.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// `/etc/vmledger/config.toml` as root, else `$XDG_CONFIG_HOME/vmledger/config.toml`
+/// (fallback `~/.config/vmledger/config.toml`).
+pub fn default_config_path(env: &dyn Env, root: bool) -> Option<PathBuf> {
+    if root {
+        return Some(PathBuf::from("/etc/vmledger/config.toml"));
+    }
+    xdg_dir(env, "XDG_CONFIG_HOME", ".config").map(|d| d.join("vmledger/config.toml"))
+}
+
+/// `/var/lib/vmledger` as root, else `$XDG_STATE_HOME/vmledger` (fallback
+/// `~/.local/state/vmledger`).
+pub fn default_state_dir(env: &dyn Env, root: bool) -> Result<PathBuf, ConfigError> {
+    if root {
+        return Ok(PathBuf::from("/var/lib/vmledger"));
+    }
+    xdg_dir(env, "XDG_STATE_HOME", ".local/state")
+        .map(|d| d.join("vmledger"))
+        .ok_or(ConfigError::NoHome)
+}
+
+fn xdg_dir(env: &dyn Env, var: &str, fallback: &str) -> Option<PathBuf> {
+    // The XDG spec says relative values are invalid and must be ignored.
+    env.var(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| env.var("HOME").map(|h| PathBuf::from(h).join(fallback)))
+}
+
+fn env_path(env: &dyn Env, name: &str) -> Option<PathBuf> {
+    env.var(name).map(PathBuf::from)
+}
+
+fn env_u32(env: &dyn Env, name: &'static str) -> Result<Option<u32>, ConfigError> {
+    match env.var(name) {
+        None => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+            name,
+            value: v,
+            message: "expected a whole number of days".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layering_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "serial = \"FILE\"\nstate_dir = \"/from/file\"\n[license]\ngrace_days = 3\nwarn_days = 10\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let env = [("VMLEDGER_WARN_DAYS", "12"), ("HOME", "/home/u")];
+        let c = Config::resolve(&o, &env, false).unwrap();
+        assert_eq!(c.state_dir().unwrap(), Path::new("/from/file"));
+        assert_eq!(c.serial.as_deref(), Some("FILE"));
+        assert_eq!(c.license.grace_days, 3); // file
+        assert_eq!(c.license.warn_days, 12); // env beats file
+        assert_eq!(c.license.sla_grace_days, 14); // default
+
+        let o = Overrides {
+            config: Some(file),
+            state_dir: Some("/from/flag".into()),
+            serial: Some("FLAG".into()),
+        };
+        let env = [
+            ("VMLEDGER_STATE_DIR", "/from/env"),
+            ("VMLEDGER_SERIAL", "ENV"),
+        ];
+        let c = Config::resolve(&o, &env, false).unwrap();
+        assert_eq!(c.state_dir().unwrap(), Path::new("/from/flag"));
+        assert_eq!(c.serial.as_deref(), Some("FLAG"));
+    }
+
+    #[test]
+    fn unknown_keys_name_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[license]\ngrace_dayz = 3\n").unwrap();
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let err = Config::resolve(&o, &[("HOME", "/h")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grace_dayz"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn default_paths() {
+        let env = [("HOME", "/home/u")];
+        assert_eq!(
+            default_state_dir(&env, false).unwrap(),
+            PathBuf::from("/home/u/.local/state/vmledger")
+        );
+        let env = [("HOME", "/home/u"), ("XDG_STATE_HOME", "/xdg/state")];
+        assert_eq!(
+            default_state_dir(&env, false).unwrap(),
+            PathBuf::from("/xdg/state/vmledger")
+        );
+        assert_eq!(
+            default_state_dir(&env, true).unwrap(),
+            PathBuf::from("/var/lib/vmledger")
+        );
+        assert!(default_state_dir(&[("X", "y")], false).is_err());
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = Config::resolve(
+            &Overrides::default(),
+            &[("HOME", "/h"), ("VMLEDGER_GRACE_DAYS", "soon")],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("VMLEDGER_GRACE_DAYS"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! SQLite plumbing shared by every database vmledger owns (the appliance ledger, the host
+//! ledgers, the service database): durable settings (WAL, `synchronous=FULL`, a busy
+//! timeout) and numbered, embedded migrations tracked in `PRAGMA user_version`.
+//!
+//! Migrations are append-only: once a migration has shipped its SQL is never edited (a
+//! unit test pins each one's SHA-256); schema changes are new migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+/// One schema step. `version` starts at 1 and increases by one per migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub sql: &'static str,
+}
+
+/// How long a writer waits for another process's transaction before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Database errors, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this vmledger understands ({known}); upgrade vmledger"
+    )]
+    TooNew {
+        path: String,
+        found: u32,
+        known: u32,
+    },
+}
+
+/// Open (creating if `create`) a database with vmledger's durability settings and bring
+/// its schema up to date.
+pub fn open(path: &Path, migrations: &[Migration], create: bool) -> Result<Connection, DbError> {
+    let p = path.display().to_string();
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|source| DbError::Open {
+        path: p.clone(),
+        source,
+    })?;
+    configure(&conn).map_err(|source| DbError::Sqlite {
+        path: p.clone(),
+        source,
+    })?;
+    migrate(&mut conn, migrations, &p)?;
+    Ok(conn)
+}
+
+/// An in-memory database with the given schema, for unit tests.
+pub fn open_in_memory(migrations: &[Migration]) -> Result<Connection, DbError> {
+    let mut conn = Connection::open_in_memory().map_err(|source| DbError::Open {
+        path: ":memory:".into(),
+        source,
+    })?;
+    migrate(&mut conn, migrations, ":memory:")?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_mode returns a row; WAL is persistent in the file once set.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    debug_assert!(mode.eq_ignore_ascii_case("wal") || mode.eq_ignore_ascii_case("memory"));
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, migrations: &[Migration], path: &str) -> Result<(), DbError> {
+    let err = |source| DbError::Sqlite {
+        path: path.to_string(),
+        source,
+    };
+    let known = migrations.last().map_or(0, |m| m.version);
+    let current: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if current > known {
+        return Err(DbError::TooNew {
+            path: path.to_string(),
+            found: current,
+            known,
+        });
+    }
+    if current == known {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    // Re-read inside the write lock: another process may have migrated meanwhile.
+    let current: u32 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    for m in migrations.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", m.version)
+            .map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+/// SHA-256 of a migration's SQL, for the tests that pin shipped migrations.
+pub fn migration_digest(m: &Migration) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(m.sql.as_bytes()))
+}

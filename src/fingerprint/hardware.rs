@@ -1,0 +1,1 @@
+//! hardware fingerprints (to be built: see the hardware fingerprint issue).

@@ -1,0 +1,1 @@
+//! image fingerprints (to be built: see the image fingerprint issue).

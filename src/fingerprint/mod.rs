@@ -1,0 +1,8 @@
+//! Fingerprints: what identifies a disk image's content ([`image`]), the virtual hardware
+//! a VM runs on ([`hardware`]) and an appliance's file tree ([`tree`]).
+//!
+//! Fingerprinting only reads: nothing in this module writes state.
+
+pub mod hardware;
+pub mod image;
+pub mod tree;

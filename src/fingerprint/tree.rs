@@ -1,0 +1,1 @@
+//! tree fingerprints (to be built: see the tree fingerprint issue).

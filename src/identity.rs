@@ -1,0 +1,313 @@
+//! The appliance instance's identity and settings, kept in its state directory so that
+//! they travel with a copied image:
+//!
+//! | file | content |
+//! |------|---------|
+//! | `instance.key` | Ed25519 private key, PKCS#8 DER, mode 0600 |
+//! | `instance.json` | `vmledger-instance/v1`: instance id, serial, public key, service settings |
+//! | `ledger.sqlite` | the signed ledger (see [`crate::ledger`]) |
+//!
+//! `instance.json` is written last and atomically: it marks an initialised state, so a
+//! crash during `init` leaves a state that the next `init` or `boot` simply redoes.
+//! Initialisation holds an exclusive `flock` on `.init.lock`, so a boot hook and a timer
+//! starting together on a fresh sealed image create one identity, not two.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, json};
+
+use crate::fsutil;
+use crate::keys::{self, KeyError, SigningKey};
+use crate::ledger::{Ledger, LedgerError};
+use crate::time::{self, Clock};
+
+/// `format` of `instance.json`.
+pub const INSTANCE_FORMAT: &str = "vmledger-instance/v1";
+
+/// Errors about the instance's identity and state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "{dir} is already initialised (instance {instance}, serial {serial}); nothing was changed. To start over, move the state directory away first"
+    )]
+    AlreadyInitialised {
+        dir: String,
+        instance: String,
+        serial: String,
+    },
+    #[error("{dir} is not initialised; run `vmledger init --serial SERIAL` or `vmledger boot`")]
+    NotInitialised { dir: String },
+    #[error(
+        "{dir} holds a ledger with {entries} entries but no instance.json; restore instance.json and instance.key from a backup (refusing to overwrite the ledger)"
+    )]
+    Orphaned { dir: String, entries: u64 },
+    #[error("cannot use state directory {dir}: {source}")]
+    Io { dir: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    BadSettings { path: String, message: String },
+    #[error(
+        "instance.key in {dir} does not match the public key in instance.json; restore both from the same backup"
+    )]
+    KeyMismatch { dir: String },
+    #[error("serial `{0}` is invalid: use 1-64 characters from A-Z a-z 0-9 . _ -")]
+    BadSerial(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Paths inside a state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.root.join("instance.key")
+    }
+    pub fn settings_path(&self) -> PathBuf {
+        self.root.join("instance.json")
+    }
+    pub fn ledger_path(&self) -> PathBuf {
+        self.root.join("ledger.sqlite")
+    }
+    fn lock_path(&self) -> PathBuf {
+        self.root.join(".init.lock")
+    }
+    fn display(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn io(&self, source: std::io::Error) -> IdentityError {
+        IdentityError::Io {
+            dir: self.display(),
+            source,
+        }
+    }
+}
+
+/// `instance.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub format: String,
+    pub instance: String,
+    pub serial: Option<String>,
+    pub public_key: String,
+    pub created_at: String,
+}
+
+/// An initialised instance: settings plus its signing key.
+#[derive(Debug)]
+pub struct Instance {
+    pub dir: StateDir,
+    pub settings: Settings,
+    pub key: SigningKey,
+}
+
+/// Check a serial number's form.
+pub fn validate_serial(serial: &str) -> Result<(), IdentityError> {
+    let ok = !serial.is_empty()
+        && serial.len() <= 64
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::BadSerial(serial.to_string()))
+    }
+}
+
+impl Instance {
+    /// Create a new identity in `dir`. Refuses when `dir` is already initialised.
+    pub fn init(
+        dir: &StateDir,
+        serial: Option<&str>,
+        clock: &dyn Clock,
+    ) -> Result<Instance, IdentityError> {
+        if let Some(s) = serial {
+            validate_serial(s)?;
+        }
+        fsutil::ensure_private_dir(&dir.root).map_err(|e| dir.io(e))?;
+        let _lock = lock(dir)?;
+        if dir.settings_path().exists() {
+            let existing = Instance::open(dir)?;
+            return Err(IdentityError::AlreadyInitialised {
+                dir: dir.display(),
+                instance: existing.settings.instance,
+                serial: existing.settings.serial.unwrap_or_else(|| "none".into()),
+            });
+        }
+        create_locked(dir, serial, clock)
+    }
+
+    /// Open the identity in `dir`, or create one (the first boot of a sealed image).
+    /// Returns the instance and whether it was just created.
+    pub fn open_or_init(
+        dir: &StateDir,
+        serial: Option<&str>,
+        clock: &dyn Clock,
+    ) -> Result<(Instance, bool), IdentityError> {
+        if dir.settings_path().exists() {
+            return Ok((Instance::open(dir)?, false));
+        }
+        if let Some(s) = serial {
+            validate_serial(s)?;
+        }
+        fsutil::ensure_private_dir(&dir.root).map_err(|e| dir.io(e))?;
+        let _lock = lock(dir)?;
+        if dir.settings_path().exists() {
+            return Ok((Instance::open(dir)?, false));
+        }
+        Ok((create_locked(dir, serial, clock)?, true))
+    }
+
+    /// Open an initialised instance.
+    pub fn open(dir: &StateDir) -> Result<Instance, IdentityError> {
+        let path = dir.settings_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(IdentityError::NotInitialised { dir: dir.display() });
+            }
+            Err(e) => return Err(dir.io(e)),
+        };
+        let settings: Settings =
+            serde_json::from_str(&text).map_err(|e| IdentityError::BadSettings {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        if settings.format != INSTANCE_FORMAT {
+            return Err(IdentityError::BadSettings {
+                path: path.display().to_string(),
+                message: format!("unknown format `{}`", settings.format),
+            });
+        }
+        let key = SigningKey::load(&dir.key_path())?;
+        if key.public_key_b64() != settings.public_key {
+            return Err(IdentityError::KeyMismatch { dir: dir.display() });
+        }
+        Ok(Instance {
+            dir: dir.clone(),
+            settings,
+            key,
+        })
+    }
+
+    /// Open this instance's ledger.
+    pub fn ledger(&self) -> Result<Ledger, IdentityError> {
+        Ok(Ledger::open(&self.dir.ledger_path())?)
+    }
+
+    /// Save changed settings atomically.
+    pub fn save_settings(&self) -> Result<(), IdentityError> {
+        write_settings(&self.dir, &self.settings)
+    }
+
+    /// Set the serial of an instance created without one (a sealed image that booted
+    /// before it was registered), recording a `registered` entry. Refuses to change a
+    /// serial that is already set.
+    pub fn register_serial(
+        &mut self,
+        serial: &str,
+        clock: &dyn Clock,
+    ) -> Result<(), IdentityError> {
+        validate_serial(serial)?;
+        if let Some(existing) = &self.settings.serial {
+            return Err(IdentityError::AlreadyInitialised {
+                dir: self.dir.display(),
+                instance: self.settings.instance.clone(),
+                serial: existing.clone(),
+            });
+        }
+        let ledger = self.ledger()?;
+        let mut data = Map::new();
+        data.insert("serial".into(), json!(serial));
+        ledger.append(&self.key, "registered", data, clock)?;
+        self.settings.serial = Some(serial.to_string());
+        self.save_settings()
+    }
+}
+
+fn lock(dir: &StateDir) -> Result<Flock<std::fs::File>, IdentityError> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.lock_path())
+        .map_err(|e| dir.io(e))?;
+    Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, errno)| dir.io(errno.into()))
+}
+
+fn write_settings(dir: &StateDir, settings: &Settings) -> Result<(), IdentityError> {
+    let mut text = serde_json::to_vec_pretty(settings).expect("settings serialise");
+    text.push(b'\n');
+    fsutil::write_private_atomic(&dir.settings_path(), &text).map_err(|e| dir.io(e))
+}
+
+/// Create key, ledger and settings (settings last). Caller holds the init lock and has
+/// checked that `instance.json` does not exist.
+fn create_locked(
+    dir: &StateDir,
+    serial: Option<&str>,
+    clock: &dyn Clock,
+) -> Result<Instance, IdentityError> {
+    // Leftovers of an interrupted init: a ledger with only its genesis (or nothing) is
+    // safe to discard; anything more is real history and must not be overwritten.
+    let ledger_path = dir.ledger_path();
+    if ledger_path.exists() {
+        let entries = Ledger::open(&ledger_path)
+            .and_then(|l| l.count())
+            .unwrap_or(0);
+        if entries > 1 {
+            return Err(IdentityError::Orphaned {
+                dir: dir.display(),
+                entries,
+            });
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let p = PathBuf::from(format!("{}{suffix}", ledger_path.display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(dir.io(e)),
+            }
+        }
+    }
+
+    let key = SigningKey::generate()?;
+    key.save(&dir.key_path())?;
+    let instance = hex::encode(keys::random_bytes::<16>()?);
+    let mut data = Map::new();
+    data.insert("serial".into(), json!(serial));
+    Ledger::create(&ledger_path, &instance, &key, data, clock)?;
+    fsutil::sync_dir(&dir.root).map_err(|e| dir.io(e))?;
+    let settings = Settings {
+        format: INSTANCE_FORMAT.into(),
+        instance,
+        serial: serial.map(str::to_string),
+        public_key: key.public_key_b64(),
+        created_at: time::format_at(clock.now()),
+    };
+    write_settings(dir, &settings)?;
+    Ok(Instance {
+        dir: dir.clone(),
+        settings,
+        key,
+    })
+}
+
+/// True when `path` looks like a state directory (has `instance.json`).
+pub fn is_initialised(path: &Path) -> bool {
+    StateDir::new(path).settings_path().exists()
+}

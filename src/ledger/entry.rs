@@ -1,0 +1,266 @@
+//! One ledger entry: its body, the canonical message that is hashed and signed, and the
+//! checks every verifier (the agent, the service, the cross-check engine) applies.
+//!
+//! The format is a contract (see `docs/formats/ledger.md` and `schemas/entry.schema.json`):
+//! - body: a JSON object with exactly `v`, `instance`, `seq`, `prev`, `kind`, `at`,
+//!   `boot_id`, `uptime_ms`, `data`; no floats anywhere;
+//! - message: UTF-8 `vmledger/entry/v1\n` followed by the RFC 8785 canonical body;
+//! - `hash`: lowercase hex SHA-256 of the message; `sig`: standard base64 of the Ed25519
+//!   signature of the message.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+use crate::keys::{self, PUBLIC_KEY_LEN, SigningKey};
+use crate::time;
+
+/// Domain-separation prefix of every entry message.
+pub const ENTRY_PREFIX: &[u8] = b"vmledger/entry/v1\n";
+/// The body format version.
+pub const BODY_VERSION: u64 = 1;
+/// `prev` of the genesis entry.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An entry body, exactly as signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    pub v: u64,
+    pub instance: String,
+    pub seq: u64,
+    pub prev: String,
+    pub kind: String,
+    pub at: String,
+    pub boot_id: String,
+    pub uptime_ms: u64,
+    pub data: Map<String, Value>,
+}
+
+/// A sealed entry: body, hash and signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub body: Body,
+    pub hash: String,
+    pub sig: String,
+}
+
+/// What is wrong with one entry (the caller adds which seq or file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("entry does not parse: {0}")]
+    Unparseable(String),
+    #[error("invalid body: {0}")]
+    InvalidBody(String),
+    #[error("stored body is not in RFC 8785 canonical form")]
+    NotCanonical,
+    #[error("hash mismatch: stored {stored}, computed {computed}")]
+    HashMismatch { stored: String, computed: String },
+    #[error("bad signature")]
+    BadSignature,
+    #[error("broken link: prev is {found}, but the previous entry's hash is {expected}")]
+    BrokenLink { expected: String, found: String },
+    #[error("gap: expected seq {expected}, found seq {found} (entries are missing)")]
+    Gap { expected: u64, found: u64 },
+    #[error("duplicate: seq {found} appears again where seq {expected} was expected")]
+    Duplicate { expected: u64, found: u64 },
+    #[error("stored under seq {stored} but its body says seq {body}")]
+    SeqMismatch { stored: u64, body: u64 },
+    #[error("stored {column} `{stored}` disagrees with the body's `{body}`")]
+    ColumnMismatch {
+        column: &'static str,
+        stored: String,
+        body: String,
+    },
+    #[error("belongs to instance {found}, not {expected}")]
+    WrongInstance { expected: String, found: String },
+    #[error("{0}")]
+    Genesis(String),
+    #[error("time runs backwards: at {at} is earlier than the previous entry's {previous}")]
+    TimeBackwards { at: String, previous: String },
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A kind is a short lowercase identifier: `[a-z][a-z0-9_]{0,63}`.
+pub fn is_valid_kind(kind: &str) -> bool {
+    let b = kind.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+impl Body {
+    /// Check every member's form (not the chain: that needs the neighbours).
+    pub fn validate(&self) -> Result<(), Problem> {
+        let bad = |m: String| Err(Problem::InvalidBody(m));
+        if self.v != BODY_VERSION {
+            return bad(format!("unsupported body version v={}", self.v));
+        }
+        if !is_lower_hex(&self.instance, 32) {
+            return bad(format!(
+                "instance `{}` is not 32 lowercase hex digits",
+                self.instance
+            ));
+        }
+        if !is_lower_hex(&self.prev, 64) {
+            return bad(format!(
+                "prev `{}` is not 64 lowercase hex digits",
+                self.prev
+            ));
+        }
+        if !is_valid_kind(&self.kind) {
+            return bad(format!(
+                "kind `{}` is not a lowercase identifier",
+                self.kind
+            ));
+        }
+        if let Err(e) = time::parse_at(&self.at) {
+            return bad(format!("at: {e}"));
+        }
+        if self.seq > canonical::MAX_SAFE_INTEGER || self.uptime_ms > canonical::MAX_SAFE_INTEGER {
+            return bad("seq or uptime_ms beyond 2^53-1".into());
+        }
+        for (k, v) in &self.data {
+            canonical::check(v, &format!("data.{k}"))
+                .map_err(|e| Problem::InvalidBody(e.to_string()))?;
+        }
+        if (self.seq == 0) != (self.kind == "genesis") {
+            return bad("seq 0 must be the genesis entry, and genesis must be seq 0".into());
+        }
+        if self.seq == 0 && self.prev != GENESIS_PREV {
+            return bad("genesis prev must be 64 zeros".into());
+        }
+        Ok(())
+    }
+
+    /// The RFC 8785 canonical body text.
+    pub fn canonical(&self) -> Result<String, Problem> {
+        canonical::to_string(self).map_err(|e| Problem::InvalidBody(e.to_string()))
+    }
+
+    /// The message that is hashed and signed: prefix + canonical body.
+    pub fn message(&self) -> Result<Vec<u8>, Problem> {
+        Ok(message_from_canonical(&self.canonical()?))
+    }
+}
+
+/// Prefix + canonical body text.
+pub fn message_from_canonical(canonical_body: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ENTRY_PREFIX.len() + canonical_body.len());
+    m.extend_from_slice(ENTRY_PREFIX);
+    m.extend_from_slice(canonical_body.as_bytes());
+    m
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Entry {
+    /// Validate, hash and sign `body` with `key`.
+    pub fn seal(body: Body, key: &SigningKey) -> Result<Entry, Problem> {
+        body.validate()?;
+        let message = body.message()?;
+        Ok(Entry {
+            hash: sha256_hex(&message),
+            sig: keys::b64_encode(&key.sign(&message)),
+            body,
+        })
+    }
+
+    /// Check the body's form, the hash, and (when `public_key` is given) the signature.
+    /// Returns the canonical body text.
+    pub fn check(&self, public_key: Option<&[u8; PUBLIC_KEY_LEN]>) -> Result<String, Problem> {
+        self.body.validate()?;
+        let canonical = self.body.canonical()?;
+        let message = message_from_canonical(&canonical);
+        let computed = sha256_hex(&message);
+        if computed != self.hash {
+            return Err(Problem::HashMismatch {
+                stored: self.hash.clone(),
+                computed,
+            });
+        }
+        if let Some(pk) = public_key {
+            check_signature(pk, &message, &self.sig)?;
+        }
+        Ok(canonical)
+    }
+
+    /// The genesis entry's public key (`data.public_key`), decoded.
+    pub fn genesis_public_key(&self) -> Result<[u8; PUBLIC_KEY_LEN], Problem> {
+        if self.body.kind != "genesis" {
+            return Err(Problem::Genesis(format!(
+                "the first entry is `{}`, not `genesis`",
+                self.body.kind
+            )));
+        }
+        let pk = self
+            .body
+            .data
+            .get("public_key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Problem::Genesis("genesis has no data.public_key".into()))?;
+        keys::decode_public_key(pk, "genesis data.public_key")
+            .map_err(|e| Problem::Genesis(e.to_string()))
+    }
+}
+
+/// Verify a base64 signature over `message`.
+pub fn check_signature(
+    pk: &[u8; PUBLIC_KEY_LEN],
+    message: &[u8],
+    sig_b64: &str,
+) -> Result<(), Problem> {
+    let sig = keys::b64_decode(sig_b64).ok_or(Problem::BadSignature)?;
+    if keys::verify(pk, message, &sig) {
+        Ok(())
+    } else {
+        Err(Problem::BadSignature)
+    }
+}
+
+/// Check that `next` follows `prev` in one chain: seq +1, `prev` link, time not going back.
+pub fn check_link(prev: &Body, prev_hash: &str, next: &Body) -> Result<(), Problem> {
+    if next.instance != prev.instance {
+        return Err(Problem::WrongInstance {
+            expected: prev.instance.clone(),
+            found: next.instance.clone(),
+        });
+    }
+    let expected = prev.seq + 1;
+    if next.seq > expected {
+        return Err(Problem::Gap {
+            expected,
+            found: next.seq,
+        });
+    }
+    if next.seq < expected {
+        return Err(Problem::Duplicate {
+            expected,
+            found: next.seq,
+        });
+    }
+    if next.prev != prev_hash {
+        return Err(Problem::BrokenLink {
+            expected: prev_hash.to_string(),
+            found: next.prev.clone(),
+        });
+    }
+    // Both parse: validate() checked the format. The format sorts lexically like time.
+    if next.at < prev.at {
+        return Err(Problem::TimeBackwards {
+            at: next.at.clone(),
+            previous: prev.at.clone(),
+        });
+    }
+    Ok(())
+}

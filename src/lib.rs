@@ -1,0 +1,18 @@
+//! vmledger: an offline-first licensing ledger for virtual appliances.
+//!
+//! One library, one binary. The binary (`src/main.rs`) only calls [`cli::main`]; every
+//! command is a thin layer in [`cli`] over the domain modules below, which never print and
+//! never exit. See `ARCHITECTURE.md` for the code map and the invariants.
+#![forbid(unsafe_code)]
+
+pub mod canonical;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod exit;
+pub mod fingerprint;
+pub mod fsutil;
+pub mod identity;
+pub mod keys;
+pub mod ledger;
+pub mod time;
