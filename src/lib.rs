@@ -15,4 +15,5 @@ pub mod fsutil;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
+pub mod protocol;
 pub mod time;
