@@ -117,7 +117,7 @@ pub fn verify(
         Ok(())
     });
     stop?;
-    if report.entries == 0 {
+    if report.entries == 0 && report.first_bad.is_none() {
         report.first_bad = Some(BadEntry {
             seq: 0,
             problem: "the ledger is empty: the genesis entry is missing".into(),
