@@ -38,7 +38,7 @@ fn bodies(key: &SigningKey) -> Vec<Body> {
         data: data(json!({"serial": "SN-TEST-0001", "public_key": key.public_key_b64()})),
     };
     let mut out = vec![genesis];
-    let mut push = |kind: &str, at: &str, d: Value, out: &mut Vec<Body>| {
+    let push = |kind: &str, at: &str, d: Value, out: &mut Vec<Body>| {
         let prev = out.last().expect("genesis");
         let prev_hash = Entry::seal(prev.clone(), key).expect("seal").hash;
         out.push(Body {
