@@ -19,3 +19,4 @@ pub mod ledger;
 pub mod license;
 pub mod protocol;
 pub mod time;
+pub mod watch;
