@@ -114,6 +114,8 @@ pub struct LedgerFacts {
     pub failure: Option<Entry>,
     /// The newest transition entry.
     pub transition: Option<Entry>,
+    /// The trusted time the latest earlier observation saw (unsigned high-water mark).
+    pub observed: Option<DateTime<Utc>>,
 }
 
 impl LedgerFacts {
@@ -141,6 +143,7 @@ impl LedgerFacts {
             kernel: clock.kernel(),
             head,
             receipt,
+            observed: self.observed,
         }
     }
 }
@@ -197,6 +200,7 @@ pub fn read_facts(inst: &Instance, ledger: &Ledger) -> Result<LedgerFacts, Licen
         checkin,
         failure,
         transition: last,
+        observed: meta_get(ledger, OBSERVED_KEY)?.and_then(|s| time::parse_at(&s).ok()),
     })
 }
 
@@ -220,6 +224,9 @@ impl Observation {
 }
 
 const ANOMALY_KEY: &str = "clock_anomaly_open";
+const OBSERVED_KEY: &str = "time_high_water";
+/// The high-water mark is rewritten only when it moved at least this much.
+const OBSERVED_STEP: chrono::Duration = chrono::Duration::minutes(1);
 
 fn meta_get(ledger: &Ledger, key: &str) -> Result<Option<String>, LicenseError> {
     ledger
@@ -276,6 +283,9 @@ fn settle_time(
         meta_set(ledger, ANOMALY_KEY, Some("1"))?;
     } else if behind <= CLOCK_ANOMALY_THRESHOLD && open {
         meta_set(ledger, ANOMALY_KEY, None)?;
+    }
+    if lf.observed.is_none_or(|o| now.now >= o + OBSERVED_STEP) {
+        meta_set(ledger, OBSERVED_KEY, Some(&time::format_at(now.now)))?;
     }
     Ok(now)
 }

@@ -6,7 +6,10 @@
 //! 3. the ledger head's `at` plus the time elapsed since it by the kernel's uptime, when the
 //!    head was written during this boot (same boot id);
 //! 4. the newest receipt's `server_time` plus the uptime elapsed since the `checkin` entry
-//!    that recorded it, when that entry was written during this boot.
+//!    that recorded it, when that entry was written during this boot;
+//! 5. the latest trusted time any earlier observation saw (`status`, `gate`, ... keep this
+//!    unsigned high-water mark in the ledger database), so that time observed without
+//!    writing an entry is not forgotten either.
 //!
 //! Sources 3 and 4 use `/proc/uptime` (`CLOCK_BOOTTIME`, which counts suspend), which the
 //! usual time-faking tools do not move. Every source is a *lower bound* of the real time
@@ -54,6 +57,8 @@ pub struct TimeInputs {
     /// The newest accepted receipt: `server_time`, and the boot id and uptime of the
     /// `checkin` entry that recorded it.
     pub receipt: Option<Reference>,
+    /// The latest trusted time an earlier observation saw.
+    pub observed: Option<DateTime<Utc>>,
 }
 
 /// Which source gave trusted time.
@@ -63,6 +68,7 @@ pub enum Source {
     Ledger,
     LedgerUptime,
     ReceiptUptime,
+    Observed,
 }
 
 impl Source {
@@ -72,6 +78,7 @@ impl Source {
             Source::Ledger => "ledger",
             Source::LedgerUptime => "ledger_uptime",
             Source::ReceiptUptime => "receipt_uptime",
+            Source::Observed => "observed",
         }
     }
 }
@@ -115,6 +122,7 @@ pub fn trusted_now(inputs: &TimeInputs) -> TrustedNow {
             .and_then(|r| r.advanced(&inputs.kernel)),
         Source::ReceiptUptime,
     );
+    consider(inputs.observed, Source::Observed);
     TrustedNow {
         now: crate::time::truncate_ms(best.0),
         source: best.1,
@@ -153,6 +161,7 @@ mod tests {
             kernel: kernel("b1", 10_000),
             head: Some(reference("2026-12-04T10:00:00.000Z", "b1", 10_000)),
             receipt: None,
+            observed: None,
         };
         let n = trusted_now(&i);
         assert_eq!(n.source, Source::SystemClock);
@@ -168,6 +177,7 @@ mod tests {
             kernel: kernel("b1", 10_000 + 3 * 3_600_000),
             head: Some(reference("2026-12-04T10:00:00.000Z", "b1", 10_000)),
             receipt: None,
+            observed: None,
         };
         let n = trusted_now(&i);
         assert_eq!(n.source, Source::LedgerUptime);
@@ -182,6 +192,7 @@ mod tests {
             kernel: kernel("b2", 5_000),
             head: Some(reference("2026-12-04T10:00:00.000Z", "b1", 10_000)),
             receipt: Some(reference("2026-12-04T11:00:00.000Z", "b1", 9_000)),
+            observed: None,
         };
         let n = trusted_now(&i);
         assert_eq!(n.source, Source::Ledger);
@@ -197,6 +208,7 @@ mod tests {
             kernel: kernel("b1", 1_800_000),
             head: Some(reference("2026-12-04T08:00:00.000Z", "b1", 0)),
             receipt: Some(reference("2026-12-04T10:00:00.000Z", "b1", 0)),
+            observed: None,
         };
         let n = trusted_now(&i);
         assert_eq!(n.source, Source::ReceiptUptime);
@@ -210,6 +222,7 @@ mod tests {
             kernel: kernel("unknown", 99_000),
             head: Some(reference("2026-12-02T00:00:00.000Z", "unknown", 0)),
             receipt: Some(reference("2026-12-03T00:00:00.000Z", "b1", 100_000)),
+            observed: None,
         };
         assert_eq!(trusted_now(&i).source, Source::Ledger);
         let i = TimeInputs {
@@ -218,5 +231,11 @@ mod tests {
         };
         // Same boot id but uptime smaller than the reference's: not this boot after all.
         assert_eq!(trusted_now(&i).source, Source::Ledger);
+        let i = TimeInputs {
+            observed: Some(t("2026-12-05T00:00:00.000Z")),
+            ..i
+        };
+        let n = trusted_now(&i);
+        assert_eq!((n.source, n.now), (Source::Observed, t("2026-12-05T00:00:00.000Z")));
     }
 }
