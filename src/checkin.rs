@@ -96,9 +96,7 @@ pub enum CheckinError {
         origin: String,
         source: keys::KeyError,
     },
-    #[error(
-        "service URL `{url}`: {message} (use https://, or http:// only on a loopback address)"
-    )]
+    #[error("service URL `{url}`: {message} (use https://, or http:// only on a loopback address)")]
     BadUrl { url: String, message: String },
     #[error("{path}: {source}")]
     Io {
@@ -185,7 +183,10 @@ impl Service {
             validate_url(u)?;
         }
         let mut keys = Vec::new();
-        let pinned = match (&config.public_key, stored.and_then(|s| s.public_key.as_ref())) {
+        let pinned = match (
+            &config.public_key,
+            stored.and_then(|s| s.public_key.as_ref()),
+        ) {
             (Some(k), _) => Some((k, "the config file's [service] public_key")),
             (None, Some(k)) => Some((k, "instance.json")),
             (None, None) => None,
@@ -220,7 +221,7 @@ pub struct Failure {
     /// One sentence for a human.
     pub detail: String,
     pub http_status: Option<u16>,
-    pub service_error: Option<ServiceError>,
+    pub service_error: Option<Box<ServiceError>>,
     /// The hash of the receipt involved, when there was a well-formed one.
     pub receipt: Option<String>,
 }
@@ -338,7 +339,10 @@ fn transport_failure(e: ureq::Error, timeout: Duration) -> Failure {
         E::Io(io) => match io.kind() {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::new(
                 failure::TIMEOUT,
-                format!("no complete answer within {} s ({io})", timeout.as_secs_f32()),
+                format!(
+                    "no complete answer within {} s ({io})",
+                    timeout.as_secs_f32()
+                ),
             ),
             std::io::ErrorKind::ConnectionRefused
             | std::io::ErrorKind::ConnectionReset
@@ -346,7 +350,9 @@ fn transport_failure(e: ureq::Error, timeout: Duration) -> Failure {
             | std::io::ErrorKind::NotConnected
             | std::io::ErrorKind::AddrNotAvailable
             | std::io::ErrorKind::HostUnreachable
-            | std::io::ErrorKind::NetworkUnreachable => Failure::new(failure::CONNECT, io.to_string()),
+            | std::io::ErrorKind::NetworkUnreachable => {
+                Failure::new(failure::CONNECT, io.to_string())
+            }
             _ => Failure::new(failure::TRANSPORT, io.to_string()),
         },
         E::Tls(m) => Failure::new(failure::TLS, m),
@@ -439,7 +445,10 @@ pub fn check_receipt(r: &Receipt, expect: &Expect<'_>, ledger: &Ledger) -> Resul
     if r.format != RECEIPT_FORMAT || b.v != 1 {
         return Err(rejected(
             failure::MALFORMED,
-            format!("not a {RECEIPT_FORMAT} receipt (format `{}`, v {})", r.format, b.v),
+            format!(
+                "not a {RECEIPT_FORMAT} receipt (format `{}`, v {})",
+                r.format, b.v
+            ),
             h,
         ));
     }
@@ -463,7 +472,10 @@ pub fn check_receipt(r: &Receipt, expect: &Expect<'_>, ledger: &Ledger) -> Resul
     if b.instance != expect.instance {
         return Err(rejected(
             failure::WRONG_INSTANCE,
-            format!("issued to instance {}, this is {}", b.instance, expect.instance),
+            format!(
+                "issued to instance {}, this is {}",
+                b.instance, expect.instance
+            ),
             h,
         ));
     }
@@ -533,7 +545,8 @@ fn sql(ledger: &Ledger) -> impl Fn(rusqlite::Error) -> CheckinError + '_ {
 /// Store a receipt whole (idempotent).
 pub fn store_receipt(ledger: &Ledger, r: &Receipt) -> Result<String, CheckinError> {
     let hash = r.hash()?;
-    let text = serde_json::to_string(r).map_err(|e| protocol::ProtocolError::Canonical(e.to_string()))?;
+    let text =
+        serde_json::to_string(r).map_err(|e| protocol::ProtocolError::Canonical(e.to_string()))?;
     ledger
         .connection()
         .execute(
@@ -548,9 +561,11 @@ pub fn store_receipt(ledger: &Ledger, r: &Receipt) -> Result<String, CheckinErro
 pub fn stored_receipt(ledger: &Ledger, hash: &str) -> Result<Option<Receipt>, CheckinError> {
     let text: Option<String> = ledger
         .connection()
-        .query_row("SELECT receipt FROM receipts WHERE hash = ?1", [hash], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT receipt FROM receipts WHERE hash = ?1",
+            [hash],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(sql(ledger))?;
     Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
@@ -634,7 +649,10 @@ fn accept(
     d.insert("receipt".into(), json!(hash));
     d.insert("key_id".into(), json!(b.key_id));
     d.insert("server_time".into(), json!(b.server_time));
-    d.insert("status".into(), serde_json::to_value(b.status).unwrap_or(Value::Null));
+    d.insert(
+        "status".into(),
+        serde_json::to_value(b.status).unwrap_or(Value::Null),
+    );
     d.insert("reason".into(), json!(b.reason));
     d.insert("verdict".into(), json!(b.verdict));
     d.insert("sla_ends".into(), json!(b.sla_ends));
@@ -754,7 +772,7 @@ pub fn checkin(
                                 ),
                             );
                             f.http_status = Some(status);
-                            f.service_error = error.clone();
+                            f.service_error = error.clone().map(Box::new);
                             return fail(f);
                         }
                     }
@@ -765,7 +783,7 @@ pub fn checkin(
                 };
                 let mut f = Failure::new(failure::REFUSED, detail);
                 f.http_status = Some(status);
-                f.service_error = error;
+                f.service_error = error.map(Box::new);
                 return fail(f);
             }
         }
@@ -843,7 +861,10 @@ pub fn apply_response(
         Err(e) => {
             return fail(
                 inst,
-                Failure::new(failure::MALFORMED, format!("{source} is not a receipt: {e}")),
+                Failure::new(
+                    failure::MALFORMED,
+                    format!("{source} is not a receipt: {e}"),
+                ),
             );
         }
     };

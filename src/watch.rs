@@ -54,9 +54,7 @@ pub enum WatchError {
     Io { path: String, source: io::Error },
     #[error("cannot watch {path}: {message}")]
     Notify { path: String, message: String },
-    #[error(
-        "{path}: too large to keep a copy of ({message}); watch a smaller configuration path"
-    )]
+    #[error("{path}: too large to keep a copy of ({message}); watch a smaller configuration path")]
     TooLarge { path: String, message: String },
     #[error("snapshot {path}: {message}; delete it and let `vmledger watch` take a new copy")]
     BadSnapshot { path: String, message: String },
@@ -75,9 +73,17 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> WatchError + '_ {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Node {
-    File { sha256: String, mode: u32, size: u64 },
-    Dir { mode: u32 },
-    Symlink { target: String },
+    File {
+        sha256: String,
+        mode: u32,
+        size: u64,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 /// `manifest.json` of a snapshot.
@@ -247,10 +253,11 @@ impl Snapshot {
             taken_at: time::format_at(chrono::Utc::now()),
             nodes,
         };
-        let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| WatchError::BadSnapshot {
-            path: store.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let mut text =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| WatchError::BadSnapshot {
+                path: store.display().to_string(),
+                message: e.to_string(),
+            })?;
         text.push(b'\n');
         let mpath = store.join("manifest.json");
         fsutil::write_private_atomic(&mpath, &text).map_err(io_err(&mpath))?;
@@ -530,11 +537,10 @@ pub fn run(
 
     // Observe, and when blocked make sure every root has this episode's copy.
     let observe_now = |snapshots: &mut BTreeMap<PathBuf, Snapshot>,
-                           on_event: &mut dyn FnMut(&Event)|
+                       on_event: &mut dyn FnMut(&Event)|
      -> Result<Observation, WatchError> {
         let obs = observe::observe(inst, ledger, policy, clock)?;
-        if let (true, Some(episode)) = (obs.state().blocks_config(), obs.blocked_since.clone())
-        {
+        if let (true, Some(episode)) = (obs.state().blocks_config(), obs.blocked_since.clone()) {
             for r in roots {
                 let current = match snapshots.get(r) {
                     Some(s) => Some(s.clone()),
@@ -655,9 +661,10 @@ pub fn run(
             if let Some(e) = restore_error {
                 d.insert("restore_error".into(), json!(e));
             }
-            let entry = observe::append_trusted(inst, ledger, kind::CONFIG_CHANGE_BLOCKED, d, clock)?
-                .pop()
-                .expect("append_trusted returns the entry");
+            let entry =
+                observe::append_trusted(inst, ledger, kind::CONFIG_CHANGE_BLOCKED, d, clock)?
+                    .pop()
+                    .expect("append_trusted returns the entry");
             recorded += 1;
             on_event(&Event::Blocked {
                 entry: Box::new(entry),

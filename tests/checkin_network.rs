@@ -15,9 +15,16 @@ use common::vendor::{Answer, Vendor, entries_of, run_with_deadline};
 use vmledger::protocol::{CheckinRequest, ServiceError};
 
 fn init(sb: &Sandbox, url: &str, v: &Vendor) {
-    sb.cmd(["init", "--serial", "SN-N", "--service", url, "--service-key"])
-        .arg(v.public_key_b64())
-        .ok();
+    sb.cmd([
+        "init",
+        "--serial",
+        "SN-N",
+        "--service",
+        url,
+        "--service-key",
+    ])
+    .arg(v.public_key_b64())
+    .ok();
 }
 
 fn now() -> String {
@@ -25,7 +32,10 @@ fn now() -> String {
 }
 
 fn last_failure(sb: &Sandbox) -> serde_json::Value {
-    entries_of(sb, "checkin_failed").pop().expect("checkin_failed")["body"]["data"].clone()
+    entries_of(sb, "checkin_failed")
+        .pop()
+        .expect("checkin_failed")["body"]["data"]
+        .clone()
 }
 
 #[test]
@@ -78,7 +88,12 @@ fn hanging_service_is_bounded() {
     );
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("timeout"), "{}", r.stderr);
-    assert!(last_failure(&sb)["detail"].as_str().unwrap().contains("1 s"));
+    assert!(
+        last_failure(&sb)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 s")
+    );
 }
 
 /// Read one HTTP/1.1 request; returns (request line, body).
@@ -131,7 +146,13 @@ fn http_receipts_resync_and_service_errors() {
             assert!(line.starts_with("POST /v1/checkin "), "{line}");
             let req: CheckinRequest = serde_json::from_slice(&body).unwrap();
             req.verify().unwrap();
-            seen.push(req.body.entries.iter().map(|e| e.body.seq).collect::<Vec<_>>());
+            seen.push(
+                req.body
+                    .entries
+                    .iter()
+                    .map(|e| e.body.seq)
+                    .collect::<Vec<_>>(),
+            );
             match i {
                 // 1: a plain receipt.
                 0 => {
@@ -187,8 +208,14 @@ fn http_receipts_resync_and_service_errors() {
     assert_eq!(f["service_error"], "bad_activation_code");
     let seen = server.join().unwrap();
     assert_eq!(seen[0][0], 0, "the first request carries the genesis");
-    assert_eq!(seen[2][0], 1, "after the 409 the request restarts after the service's head");
-    assert!(seen[3][0] > seen[2][seen[2].len() - 1], "acknowledged entries are not re-sent");
+    assert_eq!(
+        seen[2][0], 1,
+        "after the 409 the request restarts after the service's head"
+    );
+    assert!(
+        seen[3][0] > seen[2][seen[2].len() - 1],
+        "acknowledged entries are not re-sent"
+    );
     sb.cmd(["ledger", "verify"]).ok();
 }
 
@@ -197,14 +224,30 @@ fn plain_http_is_only_for_loopback() {
     let v = Vendor::new();
     let sb = Sandbox::new();
     let r = sb
-        .cmd(["init", "--serial", "SN-N", "--service", "http://licensing.example.com", "--service-key"])
+        .cmd([
+            "init",
+            "--serial",
+            "SN-N",
+            "--service",
+            "http://licensing.example.com",
+            "--service-key",
+        ])
         .arg(v.public_key_b64())
         .run();
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("loopback"), "{}", r.stderr);
-    assert!(!sb.state().join("instance.json").exists(), "nothing was created");
+    assert!(
+        !sb.state().join("instance.json").exists(),
+        "nothing was created"
+    );
     let r = sb
-        .cmd(["init", "--serial", "SN-N", "--service", "https://licensing.example.com"])
+        .cmd([
+            "init",
+            "--serial",
+            "SN-N",
+            "--service",
+            "https://licensing.example.com",
+        ])
         .run();
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--service-key"), "{}", r.stderr);

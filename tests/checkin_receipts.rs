@@ -36,7 +36,9 @@ fn apply(sb: &Sandbox, receipt: &impl serde::Serialize) -> common::Run {
 }
 
 fn last_failure(sb: &Sandbox) -> Value {
-    entries_of(sb, "checkin_failed").pop().expect("a checkin_failed entry")["body"]["data"]
+    entries_of(sb, "checkin_failed")
+        .pop()
+        .expect("a checkin_failed entry")["body"]["data"]
         .clone()
 }
 
@@ -111,17 +113,26 @@ fn foreign_unknown_and_forged_receipts_are_rejected() {
 
     let mut other = req.clone();
     other.body.instance = "ffffffffffffffffffffffffffffffff".into();
-    let r = apply(&sb, &v.answer(&other, "2030-05-01T10:00:05.000Z", Answer::default()));
+    let r = apply(
+        &sb,
+        &v.answer(&other, "2030-05-01T10:00:05.000Z", Answer::default()),
+    );
     expect_rejected(&sb, &r, "wrong_instance");
 
     let mut unasked = req.clone();
     unasked.body.nonce = "0123456789abcdef0123456789abcdef".into();
-    let r = apply(&sb, &v.answer(&unasked, "2030-05-01T10:00:05.000Z", Answer::default()));
+    let r = apply(
+        &sb,
+        &v.answer(&unasked, "2030-05-01T10:00:05.000Z", Answer::default()),
+    );
     expect_rejected(&sb, &r, "unknown_nonce");
 
     let mut mallory = Vendor::with_seed(7);
     mallory.acked = v.acked.clone();
-    let r = apply(&sb, &mallory.answer(&req, "2030-05-01T10:00:05.000Z", Answer::default()));
+    let r = apply(
+        &sb,
+        &mallory.answer(&req, "2030-05-01T10:00:05.000Z", Answer::default()),
+    );
     expect_rejected(&sb, &r, "unknown_key");
 
     // A receipt acknowledging a head this ledger never had: diverged.
@@ -148,7 +159,9 @@ fn malformed_response_file_is_an_error_naming_the_file() {
     // Oversized input is refused without reading it all.
     let big = sb.join("big.json");
     std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
-    let r = faked(&sb, T0, ["checkin", "--response-file"]).arg(&big).run();
+    let r = faked(&sb, T0, ["checkin", "--response-file"])
+        .arg(&big)
+        .run();
     assert_eq!(r.code, 2, "{}", r.stderr);
     let r = faked(&sb, T0, ["checkin", "--response-file"])
         .arg(sb.join("missing.json"))

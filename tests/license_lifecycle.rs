@@ -58,11 +58,15 @@ fn last_of(sb: &Sandbox, kind: &str) -> Value {
 fn calendar_walk_lock_unlock_sla_disable() {
     let sb = Sandbox::new();
     let mut v = Vendor::new();
-    faked(&sb, "2030-01-01 09:00:00", ["init", "--serial", "SN-1", "--service-key"])
-        .arg(v.public_key_b64())
-        .arg("--activation-code")
-        .arg("ACT-1")
-        .ok();
+    faked(
+        &sb,
+        "2030-01-01 09:00:00",
+        ["init", "--serial", "SN-1", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .arg("--activation-code")
+    .arg("ACT-1")
+    .ok();
     let s = status(&sb, "2030-01-01 09:30:00");
     assert_eq!(s["state"], "unregistered");
     assert_eq!(s["reason"], "never_checked_in");
@@ -75,10 +79,17 @@ fn calendar_walk_lock_unlock_sla_disable() {
         let req = checkin(&sb, &mut v, &when, &server, Answer::default());
         // The activation code goes along until the first successful check-in only.
         let code = req.body.activation_code.as_deref();
-        assert_eq!(code, if day == 1 { Some("ACT-1") } else { None }, "day {day}");
+        assert_eq!(
+            code,
+            if day == 1 { Some("ACT-1") } else { None },
+            "day {day}"
+        );
         let s = status(&sb, &format!("2030-01-0{day} 11:00:00"));
         assert_eq!(s["state"], "active", "day {day}: {s}");
-        assert_eq!(s["last_checkin_at"].as_str().unwrap()[..10], format!("2030-01-0{day}"));
+        assert_eq!(
+            s["last_checkin_at"].as_str().unwrap()[..10],
+            format!("2030-01-0{day}")
+        );
         assert_eq!(gate(&sb, &when).code, 0);
     }
     assert_eq!(last_of(&sb, "activated")["body"]["data"]["to"], "active");
@@ -92,18 +103,33 @@ fn calendar_walk_lock_unlock_sla_disable() {
     assert_eq!(s["countdown_started_at"], "2030-01-04T10:01:00.000Z");
     assert_eq!(s["countdown_ends_at"], "2030-01-11T10:01:00.000Z");
     assert_eq!(s["days_left"], 7);
-    assert!(s["message"].as_str().unwrap().contains("2030-01-11 10:01 UTC"));
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("2030-01-11 10:01 UTC")
+    );
     let cs = last_of(&sb, "countdown_started");
-    assert_eq!(cs["body"]["data"]["effective_at"], "2030-01-04T10:01:00.000Z");
+    assert_eq!(
+        cs["body"]["data"]["effective_at"],
+        "2030-01-04T10:01:00.000Z"
+    );
     assert_eq!(cs["body"]["data"]["countdown"], "checkin");
-    assert_eq!(gate(&sb, "2030-01-11 10:00:00").code, 0, "a minute before the lock");
+    assert_eq!(
+        gate(&sb, "2030-01-11 10:00:00").code,
+        0,
+        "a minute before the lock"
+    );
 
     // grace_days (7) later: locked; gate exits 3 with the reason on stderr.
     let g = gate(&sb, "2030-01-11 10:02:00");
     assert_eq!(g.code, 3, "{}", g.stderr);
     assert!(g.stderr.contains("locked"), "{}", g.stderr);
     let locked = last_of(&sb, "locked");
-    assert_eq!(locked["body"]["data"]["effective_at"], "2030-01-11T10:01:00.000Z");
+    assert_eq!(
+        locked["body"]["data"]["effective_at"],
+        "2030-01-11T10:01:00.000Z"
+    );
     assert_eq!(locked["body"]["data"]["reason"], "checkin_overdue");
     assert_eq!(status(&sb, "2030-01-11 10:03:00")["state"], "locked");
     // `gate -- CMD` does not run CMD while locked.
@@ -139,7 +165,12 @@ fn calendar_walk_lock_unlock_sla_disable() {
         .run();
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(marker.exists());
-    let r = faked(&sb, "2030-01-12 09:05:00", ["gate", "--", "sh", "-c", "exit 7"]).run();
+    let r = faked(
+        &sb,
+        "2030-01-12 09:05:00",
+        ["gate", "--", "sh", "-c", "exit 7"],
+    )
+    .run();
     assert_eq!(r.code, 7, "gate passes on the command's status");
 
     // SLA ends in 20 days (covers 2030-02-01: ends 2030-02-02T00:00Z); the vendor grants a
@@ -149,13 +180,22 @@ fn calendar_walk_lock_unlock_sla_disable() {
         next_checkin_before: Some("2030-06-01T00:00:00.000Z".into()),
         ..Answer::default()
     };
-    checkin(&sb, &mut v, "2030-01-13 00:00:00", "2030-01-13T00:00:00.000Z", long);
+    checkin(
+        &sb,
+        &mut v,
+        "2030-01-13 00:00:00",
+        "2030-01-13T00:00:00.000Z",
+        long,
+    );
     let s = status(&sb, "2030-01-13 00:01:00");
     assert_eq!(s["state"], "sla_warning");
     assert_eq!(s["days_left"], 20);
     assert_eq!(s["sla_ends"], "2030-02-01");
     assert!(s["message"].as_str().unwrap().contains("2030-02-01"));
-    assert_eq!(last_of(&sb, "sla_warning")["body"]["data"]["to"], "sla_warning");
+    assert_eq!(
+        last_of(&sb, "sla_warning")["body"]["data"]["to"],
+        "sla_warning"
+    );
 
     // The SLA passes: countdown to disable; configuration still allowed.
     let s = status(&sb, "2030-02-02 00:00:01");
@@ -166,7 +206,10 @@ fn calendar_walk_lock_unlock_sla_disable() {
     assert_eq!(gate(&sb, "2030-02-02 00:00:02").code, 0);
     let cs = last_of(&sb, "countdown_started");
     assert_eq!(cs["body"]["data"]["countdown"], "sla");
-    assert_eq!(cs["body"]["data"]["effective_at"], "2030-02-02T00:00:00.000Z");
+    assert_eq!(
+        cs["body"]["data"]["effective_at"],
+        "2030-02-02T00:00:00.000Z"
+    );
 
     // Mid-countdown, the clock set back 10 days: the countdown is not extended.
     let s = status(&sb, "2030-02-05 12:00:00");
@@ -178,16 +221,29 @@ fn calendar_walk_lock_unlock_sla_disable() {
     assert!(s["days_left"].as_u64().unwrap() <= 11, "{s}");
     assert_eq!(entries_of(&sb, "clock_anomaly").len(), anomalies + 1);
     let a = last_of(&sb, "clock_anomaly");
-    assert!(a["body"]["data"]["system_clock"].as_str().unwrap().starts_with("2030-01-26"));
+    assert!(
+        a["body"]["data"]["system_clock"]
+            .as_str()
+            .unwrap()
+            .starts_with("2030-01-26")
+    );
 
     // 14 days after the SLA ended: disabled for good; gate 4; boot exits 4.
     let s = status(&sb, "2030-02-16 00:00:01");
     assert_eq!(s["state"], "disabled");
     assert_eq!(s["reason"], "sla_expired");
-    assert!(s["message"].as_str().unwrap().contains("permanently disabled"));
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("permanently disabled")
+    );
     assert_eq!(gate(&sb, "2030-02-16 00:00:02").code, 4);
     let d = last_of(&sb, "disabled");
-    assert_eq!(d["body"]["data"]["effective_at"], "2030-02-16T00:00:00.000Z");
+    assert_eq!(
+        d["body"]["data"]["effective_at"],
+        "2030-02-16T00:00:00.000Z"
+    );
     let b = faked(&sb, "2030-02-16 08:00:00", ["boot"]).run();
     assert_eq!(b.code, 4, "{}", b.stderr);
     assert!(b.stderr.contains("disabled"), "{}", b.stderr);
@@ -223,7 +279,12 @@ fn offline_from_the_start_locks_after_first_day_plus_grace() {
     assert_eq!(g.code, 3);
     let cs = last_of(&sb, "countdown_started");
     // Genesis was written a few milliseconds after 2030-03-01 00:00:00.
-    let eff = |e: &Value| e["body"]["data"]["effective_at"].as_str().unwrap().to_string();
+    let eff = |e: &Value| {
+        e["body"]["data"]["effective_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert!(eff(&cs).starts_with("2030-03-02T00:00:0"), "{cs}");
     let l = last_of(&sb, "locked");
     assert!(eff(&l).starts_with("2030-03-09T00:00:0"), "{l}");
@@ -239,9 +300,13 @@ fn offline_from_the_start_locks_after_first_day_plus_grace() {
 fn a_receipt_that_disables_names_the_verdict() {
     let sb = Sandbox::new();
     let mut v = Vendor::new();
-    faked(&sb, "2030-04-01 00:00:00", ["init", "--serial", "SN-3", "--service-key"])
-        .arg(v.public_key_b64())
-        .ok();
+    faked(
+        &sb,
+        "2030-04-01 00:00:00",
+        ["init", "--serial", "SN-3", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
     checkin(
         &sb,
         &mut v,
@@ -255,7 +320,13 @@ fn a_receipt_that_disables_names_the_verdict() {
         verdict: Some("V-2030-0042".into()),
         ..Answer::default()
     };
-    checkin(&sb, &mut v, "2030-04-02 01:00:00", "2030-04-02T01:00:00.000Z", a);
+    checkin(
+        &sb,
+        &mut v,
+        "2030-04-02 01:00:00",
+        "2030-04-02T01:00:00.000Z",
+        a,
+    );
     let s = status(&sb, "2030-04-02 01:01:00");
     assert_eq!(s["state"], "disabled");
     assert_eq!(s["reason"], "concurrent_duplicate");

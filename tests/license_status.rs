@@ -26,11 +26,15 @@ fn status(sb: &Sandbox, when: &str, v: &jsonschema::Validator) -> Value {
 
 fn checkin(sb: &Sandbox, v: &mut Vendor, when: &str, server: &str, a: Answer) {
     let req = sb.join("req.json");
-    faked(sb, when, ["checkin", "--request-file"]).arg(&req).ok();
+    faked(sb, when, ["checkin", "--request-file"])
+        .arg(&req)
+        .ok();
     let r = v.answer(&v.read_request(&req), server, a);
     let resp = sb.join("resp.json");
     write_json(&resp, &r);
-    faked(sb, when, ["checkin", "--response-file"]).arg(&resp).run();
+    faked(sb, when, ["checkin", "--response-file"])
+        .arg(&resp)
+        .run();
 }
 
 #[test]
@@ -38,9 +42,13 @@ fn every_state_validates() {
     let val = schema();
     let sb = Sandbox::new();
     let mut v = Vendor::new();
-    faked(&sb, "2030-09-01 00:00:00", ["init", "--serial", "SN-S", "--service-key"])
-        .arg(v.public_key_b64())
-        .ok();
+    faked(
+        &sb,
+        "2030-09-01 00:00:00",
+        ["init", "--serial", "SN-S", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
     let mut seen = Vec::new();
     let mut see = |doc: Value| {
         assert!(!doc["message"].as_str().unwrap().is_empty());
@@ -54,11 +62,17 @@ fn every_state_validates() {
     assert_eq!(d["state"], "locked");
     assert!(d["message"].as_str().unwrap().contains("vmledger checkin"));
     assert!(d["blocked_since"].is_string());
-    checkin(&sb, &mut v, "2030-09-12 01:00:00", "2030-09-12T01:00:00.000Z", Answer {
-        sla_ends: Some("2030-10-01".into()),
-        next_checkin_before: Some("2031-01-01T00:00:00.000Z".into()),
-        ..Answer::default()
-    });
+    checkin(
+        &sb,
+        &mut v,
+        "2030-09-12 01:00:00",
+        "2030-09-12T01:00:00.000Z",
+        Answer {
+            sla_ends: Some("2030-10-01".into()),
+            next_checkin_before: Some("2031-01-01T00:00:00.000Z".into()),
+            ..Answer::default()
+        },
+    );
     let d = see(status(&sb, "2030-09-12 02:00:00", &val));
     assert_eq!(d["state"], "sla_warning");
     assert_eq!(d["last_receipt"].as_str().unwrap().len(), 64);
@@ -66,15 +80,32 @@ fn every_state_validates() {
     assert_eq!(d["state"], "sla_expired");
     let d = see(status(&sb, "2030-10-20 00:00:00", &val));
     assert_eq!(d["state"], "disabled");
-    checkin(&sb, &mut v, "2030-10-20 01:00:00", "2030-10-20T01:00:00.000Z", Answer {
-        sla_ends: Some("2031-10-01".into()),
-        ..Answer::default()
-    });
+    checkin(
+        &sb,
+        &mut v,
+        "2030-10-20 01:00:00",
+        "2030-10-20T01:00:00.000Z",
+        Answer {
+            sla_ends: Some("2031-10-01".into()),
+            ..Answer::default()
+        },
+    );
     let d = see(status(&sb, "2030-10-20 02:00:00", &val));
-    assert_eq!(d["state"], "active", "a renewal receipt from the service re-enables");
+    assert_eq!(
+        d["state"], "active",
+        "a renewal receipt from the service re-enables"
+    );
     assert_eq!(
         seen,
-        ["unregistered", "checkin_overdue", "locked", "sla_warning", "sla_expired", "disabled", "active"]
+        [
+            "unregistered",
+            "checkin_overdue",
+            "locked",
+            "sla_warning",
+            "sla_expired",
+            "disabled",
+            "active"
+        ]
     );
     // Text mode prints the state and the banner.
     let t = faked(&sb, "2030-10-20 03:00:00", ["status"]).ok();

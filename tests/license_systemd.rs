@@ -15,7 +15,9 @@ const UNITS: [&str; 4] = [
 ];
 
 fn unit(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/systemd").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("hooks/systemd")
+        .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

@@ -72,7 +72,9 @@ impl Watch {
             let status = child.wait().unwrap();
             let _ = tx.send((status, s));
         });
-        let (status, out) = rx.recv_timeout(DEADLINE).expect("watch exits after --exit-after");
+        let (status, out) = rx
+            .recv_timeout(DEADLINE)
+            .expect("watch exits after --exit-after");
         assert!(status.success(), "{out}");
         self.lines = mpsc::channel().1;
         serde_json::from_str(&out).expect("summary document")
@@ -98,7 +100,10 @@ fn rename_and_replace_save_is_recorded() {
     let sb = locked_sandbox();
     let conf = sb.join("appliance.conf");
     std::fs::write(&conf, "mtu = 1500\n").unwrap();
-    let mut w = Watch::start(&sb, &[conf.to_str().unwrap(), "--json", "--exit-after", "1"]);
+    let mut w = Watch::start(
+        &sb,
+        &[conf.to_str().unwrap(), "--json", "--exit-after", "1"],
+    );
     editor_save(&conf, "mtu = 9000\n");
     w.wait_for("blocked change");
     let doc = w.finish();
@@ -125,20 +130,35 @@ fn restore_undoes_changes_and_survives_a_directory_move() {
     std::fs::write(dir.join("sub/b.conf"), "b = 2\n").unwrap();
     let mut w = Watch::start(
         &sb,
-        &[dir.to_str().unwrap(), "--restore", "--json", "--exit-after", "3"],
+        &[
+            dir.to_str().unwrap(),
+            "--restore",
+            "--json",
+            "--exit-after",
+            "3",
+        ],
     );
     // 1: an edit inside is put back.
     editor_save(&dir.join("a.conf"), "a = 666\n");
     let l = w.wait_for("blocked change");
     assert!(l.contains("a.conf") && l.contains("restored"), "{l}");
-    assert_eq!(std::fs::read_to_string(dir.join("a.conf")).unwrap(), "a = 1\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a.conf")).unwrap(),
+        "a = 1\n"
+    );
 
     // 2: the whole directory moved away: recreated from the copy.
     std::fs::rename(&dir, sb.join("etc-app.old")).unwrap();
     let l = w.wait_for("blocked change");
     assert!(l.contains("removed"), "{l}");
-    assert_eq!(std::fs::read_to_string(dir.join("sub/b.conf")).unwrap(), "b = 2\n");
-    assert_eq!(std::fs::read_to_string(dir.join("a.conf")).unwrap(), "a = 1\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("sub/b.conf")).unwrap(),
+        "b = 2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a.conf")).unwrap(),
+        "a = 1\n"
+    );
 
     // 3: still watching the recreated directory: a new file is removed again.
     std::fs::write(dir.join("sub/new.conf"), "x\n").unwrap();

@@ -128,8 +128,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
                     entry.body.seq
                 );
             }
-            ctx.out
-                .note(format!("vmledger: check-in failed ({}): {detail}", f.reason));
+            ctx.out.note(format!(
+                "vmledger: check-in failed ({}): {detail}",
+                f.reason
+            ));
             let doc = json!({
                 "format": "vmledger-checkin/v1",
                 "ok": false,
@@ -141,7 +143,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
                 "state": state.as_str(),
                 "message": message,
             });
-            ctx.out.emit(&doc, || format!("license {state}: {message}"))?;
+            ctx.out
+                .emit(&doc, || format!("license {state}: {message}"))?;
             Ok(Exit::Negative)
         }
     }

@@ -55,9 +55,8 @@ fn service_settings(
         s.announced_keys.clear();
     }
     if let Some(code) = &args.activation_code {
-        let ok = !code.is_empty()
-            && code.len() <= 256
-            && code.bytes().all(|b| b.is_ascii_graphic());
+        let ok =
+            !code.is_empty() && code.len() <= 256 && code.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             bail!("--activation-code: use 1-256 printable ASCII characters without spaces");
         }

@@ -34,7 +34,10 @@ pub struct Args {
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let agent = Agent::open(ctx)?;
     let (paths, restore) = if args.paths.is_empty() {
-        (agent.cfg.watch.paths.clone(), args.restore || agent.cfg.watch.restore)
+        (
+            agent.cfg.watch.paths.clone(),
+            args.restore || agent.cfg.watch.restore,
+        )
     } else {
         (args.paths.clone(), args.restore)
     };
@@ -63,7 +66,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             Event::Ready { paths } => out.note(format!(
                 "vmledger: watching {} path(s){}",
                 paths.len(),
-                if restore { " (restoring blocked changes)" } else { "" }
+                if restore {
+                    " (restoring blocked changes)"
+                } else {
+                    ""
+                }
             )),
             Event::State { observation } => {
                 let s = observation.state();

@@ -554,7 +554,11 @@ mod tests {
             "fdbb10420dd120333e69890a4a8f3a1499b1da39461c47cc9bb843d925364c6a",
             "0360341cae038fa3e5290cd8e8aa4fa11e94bed9667c22593cadfad7cbf9af0e",
         ];
-        assert_eq!(MIGRATIONS.len(), pinned.len(), "pin every shipped migration");
+        assert_eq!(
+            MIGRATIONS.len(),
+            pinned.len(),
+            "pin every shipped migration"
+        );
         for (m, want) in MIGRATIONS.iter().zip(pinned) {
             assert_eq!(
                 db::migration_digest(m),

@@ -173,7 +173,9 @@ impl Lease {
             .map_err(|_| bad("status", "unknown status"))?;
         let sla_ends = match opt_text("sla_ends")? {
             None => None,
-            Some(d) => Some(parse_date(&d).ok_or_else(|| bad("sla_ends", "not a YYYY-MM-DD date"))?),
+            Some(d) => {
+                Some(parse_date(&d).ok_or_else(|| bad("sla_ends", "not a YYYY-MM-DD date"))?)
+            }
         };
         Ok(Lease {
             receipt: text("receipt")?.to_string(),

@@ -121,13 +121,11 @@ pub struct LedgerFacts {
 impl LedgerFacts {
     /// The inputs of trusted time at the moment `clock` reads.
     pub fn time_inputs(&self, clock: &dyn Clock) -> TimeInputs {
-        let head = time::parse_at(&self.head.body.at)
-            .ok()
-            .map(|at| Reference {
-                at,
-                boot_id: self.head.body.boot_id.clone(),
-                uptime_ms: self.head.body.uptime_ms,
-            });
+        let head = time::parse_at(&self.head.body.at).ok().map(|at| Reference {
+            at,
+            boot_id: self.head.body.boot_id.clone(),
+            uptime_ms: self.head.body.uptime_ms,
+        });
         let receipt = self
             .facts
             .lease

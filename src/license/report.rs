@@ -68,7 +68,9 @@ pub fn message(obs: &Observation) -> String {
         ),
         State::CheckinOverdue => {
             let what = match r {
-                why::NO_SERIAL => "This appliance has no serial number and has never checked in".to_string(),
+                why::NO_SERIAL => {
+                    "This appliance has no serial number and has never checked in".to_string()
+                }
                 why::NEVER_CHECKED_IN | why::UNKNOWN_SERIAL => {
                     "This appliance has never completed a license check-in".to_string()
                 }
@@ -156,7 +158,10 @@ pub fn status_members(obs: &Observation) -> Map<String, Value> {
         "countdown_started_at".into(),
         at(e.countdown.map(|c| c.started_at)),
     );
-    m.insert("countdown_ends_at".into(), at(e.countdown.map(|c| c.ends_at)));
+    m.insert(
+        "countdown_ends_at".into(),
+        at(e.countdown.map(|c| c.ends_at)),
+    );
     m.insert("days_left".into(), json!(e.days_left));
     m.insert("checkin_due_at".into(), at(Some(e.checkin_due_at)));
     m.insert("lock_at".into(), at(Some(e.lock_at)));
@@ -166,16 +171,16 @@ pub fn status_members(obs: &Observation) -> Map<String, Value> {
     );
     m.insert("sla_ends_at".into(), at(e.sla_end_at));
     m.insert("disable_at".into(), at(e.disable_at));
-    m.insert(
-        "last_checkin_at".into(),
-        at(lease.map(|l| l.checked_in_at)),
-    );
+    m.insert("last_checkin_at".into(), at(lease.map(|l| l.checked_in_at)));
     m.insert(
         "last_receipt".into(),
         json!(lease.map(|l| l.receipt.clone())),
     );
     m.insert("verdict".into(), json!(e.verdict));
-    m.insert("last_checkin_failure".into(), failure.unwrap_or(Value::Null));
+    m.insert(
+        "last_checkin_failure".into(),
+        failure.unwrap_or(Value::Null),
+    );
     m.insert("blocked_since".into(), json!(obs.blocked_since));
     m.insert(
         "trusted_time".into(),

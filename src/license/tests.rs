@@ -57,15 +57,49 @@ fn never_checked_in_counts_down_from_genesis() {
     let due = created() + FIRST_CHECKIN_WITHIN; // 2026-12-02T00:00Z
     let lock = due + Duration::days(7); // 2026-12-09T00:00Z
     let rows: Vec<Row> = vec![
-        (created(), State::Unregistered, Some(why::NEVER_CHECKED_IN), None),
-        (due - MS, State::Unregistered, Some(why::NEVER_CHECKED_IN), None),
-        (due, State::CheckinOverdue, Some(why::NEVER_CHECKED_IN), Some(7)),
-        (due + MS, State::CheckinOverdue, Some(why::NEVER_CHECKED_IN), Some(7)),
-        (lock - MS, State::CheckinOverdue, Some(why::NEVER_CHECKED_IN), Some(1)),
+        (
+            created(),
+            State::Unregistered,
+            Some(why::NEVER_CHECKED_IN),
+            None,
+        ),
+        (
+            due - MS,
+            State::Unregistered,
+            Some(why::NEVER_CHECKED_IN),
+            None,
+        ),
+        (
+            due,
+            State::CheckinOverdue,
+            Some(why::NEVER_CHECKED_IN),
+            Some(7),
+        ),
+        (
+            due + MS,
+            State::CheckinOverdue,
+            Some(why::NEVER_CHECKED_IN),
+            Some(7),
+        ),
+        (
+            lock - MS,
+            State::CheckinOverdue,
+            Some(why::NEVER_CHECKED_IN),
+            Some(1),
+        ),
         (lock, State::Locked, Some(why::NEVER_CHECKED_IN), None),
-        (lock + Duration::days(400), State::Locked, Some(why::NEVER_CHECKED_IN), None),
+        (
+            lock + Duration::days(400),
+            State::Locked,
+            Some(why::NEVER_CHECKED_IN),
+            None,
+        ),
     ];
-    check("serial, never checked in", &facts(Some("SN-1"), None), &rows);
+    check(
+        "serial, never checked in",
+        &facts(Some("SN-1"), None),
+        &rows,
+    );
 
     let no_serial: Vec<Row> = rows
         .iter()
@@ -78,7 +112,12 @@ fn never_checked_in_counts_down_from_genesis() {
     check(
         "unknown serial",
         &f,
-        &[(due - MS, State::Unregistered, Some(why::UNKNOWN_SERIAL), None)],
+        &[(
+            due - MS,
+            State::Unregistered,
+            Some(why::UNKNOWN_SERIAL),
+            None,
+        )],
     );
 }
 
@@ -87,7 +126,11 @@ fn daily_lease_overdue_then_locked() {
     // SLA far away, next check-in due 2026-12-05T10:00Z.
     let f = facts(
         Some("SN-1"),
-        Some(lease(Status::Active, "2026-12-05T10:00:00.000Z", Some("2028-12-31"))),
+        Some(lease(
+            Status::Active,
+            "2026-12-05T10:00:00.000Z",
+            Some("2028-12-31"),
+        )),
     );
     let due = t("2026-12-05T10:00:00.000Z");
     let lock = t("2026-12-12T10:00:00.000Z");
@@ -97,10 +140,30 @@ fn daily_lease_overdue_then_locked() {
         &[
             (t("2026-12-04T10:00:00.000Z"), State::Active, None, None),
             (due - MS, State::Active, None, None),
-            (due, State::CheckinOverdue, Some(why::CHECKIN_OVERDUE), Some(7)),
-            (due + Duration::hours(12), State::CheckinOverdue, Some(why::CHECKIN_OVERDUE), Some(7)),
-            (due + Duration::days(1), State::CheckinOverdue, Some(why::CHECKIN_OVERDUE), Some(6)),
-            (lock - MS, State::CheckinOverdue, Some(why::CHECKIN_OVERDUE), Some(1)),
+            (
+                due,
+                State::CheckinOverdue,
+                Some(why::CHECKIN_OVERDUE),
+                Some(7),
+            ),
+            (
+                due + Duration::hours(12),
+                State::CheckinOverdue,
+                Some(why::CHECKIN_OVERDUE),
+                Some(7),
+            ),
+            (
+                due + Duration::days(1),
+                State::CheckinOverdue,
+                Some(why::CHECKIN_OVERDUE),
+                Some(6),
+            ),
+            (
+                lock - MS,
+                State::CheckinOverdue,
+                Some(why::CHECKIN_OVERDUE),
+                Some(1),
+            ),
             (lock, State::Locked, Some(why::CHECKIN_OVERDUE), None),
             (lock + MS, State::Locked, Some(why::CHECKIN_OVERDUE), None),
         ],
@@ -121,7 +184,11 @@ fn sla_warning_expiry_and_disable() {
     // A long lease (an air-gapped site) so that only the SLA matters until 2027-08-01.
     let f = facts(
         Some("SN-1"),
-        Some(lease(Status::Active, "2027-08-01T00:00:00.000Z", Some("2027-06-30"))),
+        Some(lease(
+            Status::Active,
+            "2027-08-01T00:00:00.000Z",
+            Some("2027-06-30"),
+        )),
     );
     let end = t("2027-07-01T00:00:00.000Z");
     let warn = end - Duration::days(30);
@@ -132,13 +199,33 @@ fn sla_warning_expiry_and_disable() {
         &[
             (warn - MS, State::Active, None, None),
             (warn, State::SlaWarning, Some(why::SLA_ENDING), Some(30)),
-            (warn + MS, State::SlaWarning, Some(why::SLA_ENDING), Some(30)),
-            (end - Duration::days(20), State::SlaWarning, Some(why::SLA_ENDING), Some(20)),
+            (
+                warn + MS,
+                State::SlaWarning,
+                Some(why::SLA_ENDING),
+                Some(30),
+            ),
+            (
+                end - Duration::days(20),
+                State::SlaWarning,
+                Some(why::SLA_ENDING),
+                Some(20),
+            ),
             (end - MS, State::SlaWarning, Some(why::SLA_ENDING), Some(1)),
             (end, State::SlaExpired, Some(why::SLA_EXPIRED), Some(14)),
-            (disable - MS, State::SlaExpired, Some(why::SLA_EXPIRED), Some(1)),
+            (
+                disable - MS,
+                State::SlaExpired,
+                Some(why::SLA_EXPIRED),
+                Some(1),
+            ),
             (disable, State::Disabled, Some(reason::SLA_EXPIRED), None),
-            (disable + Duration::days(1000), State::Disabled, Some(reason::SLA_EXPIRED), None),
+            (
+                disable + Duration::days(1000),
+                State::Disabled,
+                Some(reason::SLA_EXPIRED),
+                None,
+            ),
         ],
     );
     let e = evaluate(&f, &Policy::default(), end);
@@ -151,7 +238,11 @@ fn sla_and_checkin_countdowns_together() {
     // Due 2027-06-25T00:00Z, lock 2027-07-02T00:00Z; SLA ends 2027-07-01T00:00Z.
     let f = facts(
         Some("SN-1"),
-        Some(lease(Status::Active, "2027-06-25T00:00:00.000Z", Some("2027-06-30"))),
+        Some(lease(
+            Status::Active,
+            "2027-06-25T00:00:00.000Z",
+            Some("2027-06-30"),
+        )),
     );
     let p = Policy::default();
     let due = t("2027-06-25T00:00:00.000Z");
@@ -163,13 +254,28 @@ fn sla_and_checkin_countdowns_together() {
         &[
             (due - MS, State::SlaWarning, Some(why::SLA_ENDING), Some(7)),
             // Overdue beats the warning: its countdown is the urgent one.
-            (due, State::CheckinOverdue, Some(why::CHECKIN_OVERDUE), Some(7)),
+            (
+                due,
+                State::CheckinOverdue,
+                Some(why::CHECKIN_OVERDUE),
+                Some(7),
+            ),
             // SLA ended: its countdown (to disable) is shown.
             (end, State::SlaExpired, Some(why::SLA_EXPIRED), Some(14)),
-            (lock - MS, State::SlaExpired, Some(why::SLA_EXPIRED), Some(14)),
+            (
+                lock - MS,
+                State::SlaExpired,
+                Some(why::SLA_EXPIRED),
+                Some(14),
+            ),
             // Locked, with the disable countdown still running.
             (lock, State::Locked, Some(why::CHECKIN_OVERDUE), Some(13)),
-            (end + Duration::days(14), State::Disabled, Some(reason::SLA_EXPIRED), None),
+            (
+                end + Duration::days(14),
+                State::Disabled,
+                Some(reason::SLA_EXPIRED),
+                None,
+            ),
         ],
     );
     let e = evaluate(&f, &p, lock);
@@ -178,7 +284,11 @@ fn sla_and_checkin_countdowns_together() {
 
 #[test]
 fn receipts_that_disable_or_say_sla_expired() {
-    let mut l = lease(Status::Disabled, "2026-12-05T10:00:00.000Z", Some("2028-01-01"));
+    let mut l = lease(
+        Status::Disabled,
+        "2026-12-05T10:00:00.000Z",
+        Some("2028-01-01"),
+    );
     l.reason = Some(reason::CONCURRENT_DUPLICATE.into());
     l.verdict = Some("V-42".into());
     let f = facts(Some("SN-1"), Some(l));
@@ -203,13 +313,27 @@ fn receipts_that_disable_or_say_sla_expired() {
         "sla_expired receipt",
         &f,
         &[
-            (server - MS, State::SlaWarning, Some(why::SLA_ENDING), Some(1)),
+            (
+                server - MS,
+                State::SlaWarning,
+                Some(why::SLA_ENDING),
+                Some(1),
+            ),
             (server, State::SlaExpired, Some(why::SLA_EXPIRED), Some(14)),
-            (server + Duration::days(14), State::Disabled, Some(reason::SLA_EXPIRED), None),
+            (
+                server + Duration::days(14),
+                State::Disabled,
+                Some(reason::SLA_EXPIRED),
+                None,
+            ),
         ],
     );
     // `sla_expired` with a later date: the status wins.
-    let l = lease(Status::SlaExpired, "2026-12-05T10:00:00.000Z", Some("2027-01-01"));
+    let l = lease(
+        Status::SlaExpired,
+        "2026-12-05T10:00:00.000Z",
+        Some("2027-01-01"),
+    );
     assert_eq!(l.sla_end(), Some(server));
 }
 
@@ -234,7 +358,11 @@ fn custom_policy_lengths() {
     };
     let f = facts(
         Some("SN-1"),
-        Some(lease(Status::Active, "2027-02-01T00:00:00.000Z", Some("2027-01-09"))),
+        Some(lease(
+            Status::Active,
+            "2027-02-01T00:00:00.000Z",
+            Some("2027-01-09"),
+        )),
     );
     let at = |s: &str| evaluate(&f, &p, t(s)).state;
     assert_eq!(at("2027-01-04T23:59:59.999Z"), State::Active);
@@ -245,8 +373,14 @@ fn custom_policy_lengths() {
         Some("SN-1"),
         Some(lease(Status::Active, "2026-12-05T00:00:00.000Z", None)),
     );
-    assert_eq!(evaluate(&g, &p, t("2026-12-06T23:59:59.999Z")).state, State::CheckinOverdue);
-    assert_eq!(evaluate(&g, &p, t("2026-12-07T00:00:00.000Z")).state, State::Locked);
+    assert_eq!(
+        evaluate(&g, &p, t("2026-12-06T23:59:59.999Z")).state,
+        State::CheckinOverdue
+    );
+    assert_eq!(
+        evaluate(&g, &p, t("2026-12-07T00:00:00.000Z")).state,
+        State::Locked
+    );
 }
 
 /// Between breakpoints the state is constant, and for fixed facts time only ever makes
@@ -269,15 +403,27 @@ fn state_changes_only_at_breakpoints_and_never_improves_with_time() {
         facts(Some("SN-1"), None),
         facts(
             Some("SN-1"),
-            Some(lease(Status::Active, "2026-12-05T10:00:00.000Z", Some("2026-12-20"))),
+            Some(lease(
+                Status::Active,
+                "2026-12-05T10:00:00.000Z",
+                Some("2026-12-20"),
+            )),
         ),
         facts(
             Some("SN-1"),
-            Some(lease(Status::Active, "2027-06-25T00:00:00.000Z", Some("2027-06-30"))),
+            Some(lease(
+                Status::Active,
+                "2027-06-25T00:00:00.000Z",
+                Some("2027-06-30"),
+            )),
         ),
         facts(
             Some("SN-1"),
-            Some(lease(Status::Active, "2027-08-01T00:00:00.000Z", Some("2027-06-30"))),
+            Some(lease(
+                Status::Active,
+                "2027-08-01T00:00:00.000Z",
+                Some("2027-06-30"),
+            )),
         ),
         facts(
             Some("SN-1"),
@@ -298,7 +444,10 @@ fn state_changes_only_at_breakpoints_and_never_improves_with_time() {
             let s = evaluate(f, &p, now).state;
             if let Some((pt, ps)) = prev {
                 if ps != s {
-                    assert!(bps.contains(&now), "{f:?}: {ps} -> {s} at {now}, not a breakpoint");
+                    assert!(
+                        bps.contains(&now),
+                        "{f:?}: {ps} -> {s} at {now}, not a breakpoint"
+                    );
                 }
                 assert!(
                     severity(s) >= severity(ps) || ps == State::Unregistered,
@@ -313,8 +462,14 @@ fn state_changes_only_at_breakpoints_and_never_improves_with_time() {
 #[test]
 fn transition_kinds() {
     use transition::kind;
-    assert_eq!(kind(State::Active, State::CheckinOverdue), "countdown_started");
-    assert_eq!(kind(State::SlaWarning, State::SlaExpired), "countdown_started");
+    assert_eq!(
+        kind(State::Active, State::CheckinOverdue),
+        "countdown_started"
+    );
+    assert_eq!(
+        kind(State::SlaWarning, State::SlaExpired),
+        "countdown_started"
+    );
     assert_eq!(kind(State::CheckinOverdue, State::Locked), "locked");
     assert_eq!(kind(State::Locked, State::Active), "unlocked");
     assert_eq!(kind(State::Locked, State::Disabled), "disabled");
@@ -322,7 +477,10 @@ fn transition_kinds() {
     assert_eq!(kind(State::Active, State::SlaWarning), "sla_warning");
     assert_eq!(kind(State::SlaWarning, State::Active), "sla_renewed");
     assert_eq!(kind(State::Unregistered, State::Active), "activated");
-    assert_eq!(kind(State::CheckinOverdue, State::Active), "countdown_cleared");
+    assert_eq!(
+        kind(State::CheckinOverdue, State::Active),
+        "countdown_cleared"
+    );
     for from in State::ALL {
         for to in State::ALL {
             if from != to {

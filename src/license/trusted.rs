@@ -112,7 +112,10 @@ pub fn trusted_now(inputs: &TimeInputs) -> TrustedNow {
     };
     consider(inputs.head.as_ref().map(|h| h.at), Source::Ledger);
     consider(
-        inputs.head.as_ref().and_then(|h| h.advanced(&inputs.kernel)),
+        inputs
+            .head
+            .as_ref()
+            .and_then(|h| h.advanced(&inputs.kernel)),
         Source::LedgerUptime,
     );
     consider(
@@ -236,6 +239,9 @@ mod tests {
             ..i
         };
         let n = trusted_now(&i);
-        assert_eq!((n.source, n.now), (Source::Observed, t("2026-12-05T00:00:00.000Z")));
+        assert_eq!(
+            (n.source, n.now),
+            (Source::Observed, t("2026-12-05T00:00:00.000Z"))
+        );
     }
 }

@@ -66,10 +66,16 @@ impl Vendor {
         let text = std::fs::read_to_string(path).expect("request file");
         let req: CheckinRequest = serde_json::from_str(&text).expect("request parses");
         let pk = req.verify().expect("request verifies");
-        assert_eq!(pk.to_vec(), vmledger::keys::b64_decode(&req.body.public_key).unwrap());
+        assert_eq!(
+            pk.to_vec(),
+            vmledger::keys::b64_decode(&req.body.public_key).unwrap()
+        );
         let expected_first = self.acked.as_ref().map_or(0, |(s, _)| s + 1);
         if let Some(first) = req.body.entries.first() {
-            assert_eq!(first.body.seq, expected_first, "request starts after the acked head");
+            assert_eq!(
+                first.body.seq, expected_first,
+                "request starts after the acked head"
+            );
             if let Some((_, h)) = &self.acked {
                 assert_eq!(&first.body.prev, h, "request links to the acked head");
             }
