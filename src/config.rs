@@ -81,6 +81,20 @@ pub struct FileConfig {
     pub service: ServiceSection,
     #[serde(default)]
     pub license: LicenseSection,
+    #[serde(default)]
+    pub watch: WatchSection,
+}
+
+/// `[watch]`: configuration paths `vmledger watch` guards while locked.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct WatchSection {
+    /// Files or directories to watch when `vmledger watch` is given no paths.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Put blocked changes back (like `vmledger watch --restore`).
+    #[serde(default)]
+    pub restore: bool,
 }
 
 /// `[service]`: where the appliance checks in.
@@ -121,6 +135,7 @@ pub struct Config {
     pub serial: Option<String>,
     pub service: ServiceSection,
     pub license: License,
+    pub watch: WatchSection,
 }
 
 /// License countdown settings with defaults applied.
@@ -235,6 +250,7 @@ impl Config {
             serial,
             service,
             license,
+            watch: file.watch.clone(),
         })
     }
 }

@@ -20,6 +20,9 @@ pub enum Exit {
     Locked,
     /// Exit 4: the appliance is permanently disabled.
     Disabled,
+    /// The exit status of a command that `vmledger gate -- CMD` ran on the caller's behalf,
+    /// passed on unchanged.
+    Child(u8),
 }
 
 /// Exit status for errors: usage, I/O, bad input, internal failures.
@@ -33,6 +36,7 @@ impl Exit {
             Exit::Negative => 1,
             Exit::Locked => 3,
             Exit::Disabled => 4,
+            Exit::Child(code) => code,
         }
     }
 

@@ -5,7 +5,9 @@
 //! |------|---------|
 //! | `instance.key` | Ed25519 private key, PKCS#8 DER, mode 0600 |
 //! | `instance.json` | `vmledger-instance/v1`: instance id, serial, public key, service settings |
-//! | `ledger.sqlite` | the signed ledger (see [`crate::ledger`]) |
+//! | `ledger.sqlite` | the signed ledger (see [`crate::ledger`]); also holds stored receipts |
+//! | `.license.lock` | `flock` held while license transitions are observed and recorded |
+//! | `watch/` | copies of watched configuration taken when a lock began |
 //!
 //! `instance.json` is written last and atomically: it marks an initialised state, so a
 //! crash during `init` leaves a state that the next `init` or `boot` simply redoes.
@@ -83,6 +85,16 @@ impl StateDir {
     fn lock_path(&self) -> PathBuf {
         self.root.join(".init.lock")
     }
+    /// Held while the license state is observed and transitions are recorded, and while a
+    /// check-in reads the ledger or applies a receipt, so concurrent commands record each
+    /// transition once.
+    pub fn license_lock_path(&self) -> PathBuf {
+        self.root.join(".license.lock")
+    }
+    /// Copies of watched configuration taken when a lock began (`vmledger watch`).
+    pub fn watch_dir(&self) -> PathBuf {
+        self.root.join("watch")
+    }
     fn display(&self) -> String {
         self.root.display().to_string()
     }
@@ -103,6 +115,44 @@ pub struct Settings {
     pub serial: Option<String>,
     pub public_key: String,
     pub created_at: String,
+    /// Where and how this instance checks in (`init --service`, `--service-key`,
+    /// `--activation-code`). Absent in files written before check-ins existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSettings>,
+}
+
+/// The licensing service this instance checks in with, stored in `instance.json` so that
+/// it travels with the image. The config file's `[service]` table overrides `url` and
+/// `public_key`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Base URL; check-ins go to `{url}/v1/checkin`. `None` for air-gapped sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The pinned service key: standard base64 of the raw 32-byte Ed25519 public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The serial's activation code, sent until the first successful check-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_code: Option<String>,
+    /// Service keys announced for rotation in receipts signed by an already trusted key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced_keys: Vec<crate::protocol::AnnouncedKey>,
+}
+
+impl std::fmt::Debug for ServiceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceSettings")
+            .field("url", &self.url)
+            .field("public_key", &self.public_key)
+            .field(
+                "activation_code",
+                &self.activation_code.as_ref().map(|_| "<redacted>"),
+            )
+            .field("announced_keys", &self.announced_keys)
+            .finish()
+    }
 }
 
 /// An initialised instance: settings plus its signing key.
@@ -298,6 +348,7 @@ fn create_locked(
         serial: serial.map(str::to_string),
         public_key: key.public_key_b64(),
         created_at: time::format_at(clock.now()),
+        service: None,
     };
     write_settings(dir, &settings)?;
     Ok(Instance {

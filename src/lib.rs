@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod canonical;
+pub mod checkin;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -15,5 +16,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod keys;
 pub mod ledger;
+pub mod license;
 pub mod protocol;
 pub mod time;
+pub mod watch;

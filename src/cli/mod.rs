@@ -6,6 +6,7 @@
 //! prints or exits.
 
 mod boot;
+mod checkin;
 pub mod diff;
 mod diff_hardware;
 mod diff_image;
@@ -14,10 +15,12 @@ mod fingerprint;
 mod fingerprint_hardware;
 mod fingerprint_image;
 mod fingerprint_tree;
+mod gate;
 mod init;
 mod ledger;
 mod output;
 mod status;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +79,12 @@ pub enum Command {
     Fingerprint(fingerprint::Command),
     /// Compare two images, manifests, hardware or tree fingerprints (exit 1 when they differ)
     Diff(diff::Args),
+    /// Check in with the licensing service (or through request/response files when air-gapped)
+    Checkin(checkin::Args),
+    /// Exit 0 when configuration changes are allowed, 3 when locked, 4 when disabled
+    Gate(gate::Args),
+    /// Record (and with --restore undo) changes to configuration paths while locked
+    Watch(watch::Args),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -109,6 +118,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Ledger(c) => ledger::run(&ctx, c),
         Command::Fingerprint(c) => fingerprint::run(&ctx, c),
         Command::Diff(a) => diff::run(&ctx, a),
+        Command::Checkin(a) => checkin::run(&ctx, a),
+        Command::Gate(a) => gate::run(&ctx, a),
+        Command::Watch(a) => watch::run(&ctx, a),
     }
 }
 

@@ -25,10 +25,16 @@ use crate::time::{self, Clock};
 pub use entry::{Body, Entry, GENESIS_PREV, Problem};
 
 /// The ledger schema's migrations, in order. Never edit a shipped one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("migrations/0001_entries.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/0001_entries.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002_agent.sql"),
+    },
+];
 
 /// How far the system clock may lag the ledger's time before a `clock_anomaly` entry
 /// records it.
@@ -425,7 +431,7 @@ impl Ledger {
     }
 
     /// Direct access for modules that add their own tables to this database through a
-    /// migration (none yet). Never use it to write `entries`.
+    /// migration (`checkin` and `license`: migration 2). Never use it to write `entries`.
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -544,7 +550,15 @@ mod tests {
     #[test]
     fn shipped_migrations_are_never_edited() {
         // Pin each shipped migration. Changing the schema means adding a migration.
-        let pinned = ["fdbb10420dd120333e69890a4a8f3a1499b1da39461c47cc9bb843d925364c6a"];
+        let pinned = [
+            "fdbb10420dd120333e69890a4a8f3a1499b1da39461c47cc9bb843d925364c6a",
+            "0360341cae038fa3e5290cd8e8aa4fa11e94bed9667c22593cadfad7cbf9af0e",
+        ];
+        assert_eq!(
+            MIGRATIONS.len(),
+            pinned.len(),
+            "pin every shipped migration"
+        );
         for (m, want) in MIGRATIONS.iter().zip(pinned) {
             assert_eq!(
                 db::migration_digest(m),
