@@ -20,7 +20,13 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let clock = SystemClock;
     let (inst, created) = Instance::open_or_init(&dir, cfg.serial.as_deref(), &clock)?;
     let ledger = inst.ledger()?;
-    let entry = ledger.append(&inst.key, "boot", Map::new(), &clock)?;
+    // Hardware fingerprint, drift against the previous boot, configured trees.
+    let fps = crate::fingerprint::boot::collect(&cfg, &ledger)?;
+    fps.notes.iter().for_each(|n| ctx.out.note(n));
+    let drift = fps.data.get("hardware_drift").cloned();
+    let mut data = Map::new();
+    data.extend(fps.data);
+    let entry = ledger.append(&inst.key, "boot", data, &clock)?;
     let doc = json!({
         "format": "vmledger-boot/v1",
         "instance": inst.settings.instance,
@@ -29,6 +35,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         "seq": entry.body.seq,
         "hash": entry.hash,
         "at": entry.body.at,
+        "hardware_drift": drift,
     });
     if inst.settings.serial.is_none() {
         ctx.out.note(
@@ -50,6 +57,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             entry.body.at,
             &entry.hash[..16]
         ));
+        if let Some(c) = drift.as_ref().and_then(|d| d.get("conclusion")) {
+            s.push_str(&format!("\nhardware: {}", c.as_str().unwrap_or_default()));
+        }
         s
     })?;
     Ok(Exit::Ok)

@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
     let ledger = inst.ledger()?;
     let head = ledger.head()?;
     let last_boot = ledger.latest_of_kind("boot")?;
+    let drift = crate::fingerprint::boot::last_drift(&ledger)?;
     let doc = json!({
         "format": "vmledger-status/v1",
         "instance": inst.settings.instance,
@@ -24,6 +25,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
         "entries": ledger.count()?,
         "head": head.as_ref().map(|h| json!({"seq": h.seq, "hash": h.hash, "at": h.at})),
         "last_boot_at": last_boot.as_ref().map(|e| e.body.at.clone()),
+        "hardware_drift": drift.as_ref().map(|d| json!({"conclusion": d.conclusion, "seq": d.seq, "against_seq": d.against_seq, "explanation": d.explanation})),
     });
     ctx.out.emit(&doc, || {
         let mut s = format!(
@@ -41,6 +43,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
         }
         if let Some(b) = &last_boot {
             s.push_str(&format!("booted   {}\n", b.body.at));
+        }
+        if let Some(d) = &drift {
+            s.push_str(&format!(
+                "hardware {} (boot seq {}): {}\n",
+                d.conclusion, d.seq, d.explanation
+            ));
         }
         s
     })?;
