@@ -168,3 +168,6 @@ pub fn require(prog: &str) {
         "`{prog}` is not installed; run the test suite through `tests/run`, which installs it"
     );
 }
+
+pub mod hwfix;
+pub mod schema;
