@@ -36,8 +36,7 @@ fn names(doc: &Value) -> Vec<String> {
 }
 
 fn value(doc: &Value, name: &str) -> String {
-    component(doc, name)
-        .unwrap_or_else(|| panic!("no {name} in {doc:#}"))["value"]
+    component(doc, name).unwrap_or_else(|| panic!("no {name} in {doc:#}"))["value"]
         .as_str()
         .unwrap_or_else(|| panic!("{name} has no value"))
         .to_string()
@@ -71,7 +70,11 @@ fn kvm_guest_reports_every_component_with_class_and_source() {
         "loopback, bridge, veth, loop and cdrom devices and empty DMI serials are not components"
     );
     assert_eq!(value(&doc, "virt.type"), "kvm");
-    assert_eq!(value(&doc, "memory.mib"), "2048", "2014936 kB seen of a 2 GiB VM");
+    assert_eq!(
+        value(&doc, "memory.mib"),
+        "2048",
+        "2014936 kB seen of a 2 GiB VM"
+    );
     assert_eq!(value(&doc, "cpu.count"), "2");
     assert_eq!(component(&doc, "machine_id").unwrap()["class"], "image");
     assert_eq!(component(&doc, "fs.root.uuid").unwrap()["class"], "image");
@@ -81,13 +84,23 @@ fn kvm_guest_reports_every_component_with_class_and_source() {
     assert!(uuid.get("value").is_none(), "identifiers are never shown");
     // Nothing identifying appears anywhere in the output, raw.
     let text = doc.to_string();
-    for secret in [KVM_UUID, KVM_MAC, KVM_DISK_SERIAL, KVM_GENID, hwfix::MACHINE_ID] {
+    for secret in [
+        KVM_UUID,
+        KVM_MAC,
+        KVM_DISK_SERIAL,
+        KVM_GENID,
+        hwfix::MACHINE_ID,
+    ] {
         assert!(!text.contains(secret), "{secret} leaked into {text}");
     }
     // Deterministic: the same tree gives the same digest.
     assert_eq!(fingerprint(&sb, &root)["digest"], doc["digest"]);
     // Human output names components and the digest.
-    let human = sb.cmd(["fingerprint", "hardware", "--root"]).arg(&root).ok().stdout;
+    let human = sb
+        .cmd(["fingerprint", "hardware", "--root"])
+        .arg(&root)
+        .ok()
+        .stdout;
     assert!(human.contains(doc["digest"].as_str().unwrap()), "{human}");
     assert!(human.contains("net.enp1s0.mac"), "{human}");
 }
@@ -107,7 +120,10 @@ fn vmware_guest_reads_scsi_vpd_serial_and_skips_placeholder_serials() {
         "/sys/block/sda/device/vpd_pg80"
     );
     assert!(component(&doc, "smbios.product_serial").is_some());
-    assert!(component(&doc, "smbios.board_serial").is_none(), "\"None\" is not a serial");
+    assert!(
+        component(&doc, "smbios.board_serial").is_none(),
+        "\"None\" is not a serial"
+    );
     assert!(component(&doc, "net.ens192.mac").is_some());
     assert!(component(&doc, "vmgenid").is_none());
 }
@@ -131,7 +147,10 @@ fn hyperv_guest() {
     ] {
         assert!(component(&doc, n).is_some(), "{n} missing: {doc:#}");
     }
-    assert!(component(&doc, "disk.sda.serial").is_none(), "no serial, no component");
+    assert!(
+        component(&doc, "disk.sda.serial").is_none(),
+        "no serial, no component"
+    );
 }
 
 #[test]
@@ -140,7 +159,10 @@ fn container_without_dmi_works() {
     let root = sb.join("ctr");
     hwfix::container(&root);
     let doc = fingerprint(&sb, &root);
-    assert_eq!(names(&doc), ["cpu.count", "cpu.model", "memory.mib", "virt.type"]);
+    assert_eq!(
+        names(&doc),
+        ["cpu.count", "cpu.model", "memory.mib", "virt.type"]
+    );
     assert_eq!(value(&doc, "virt.type"), "container:docker");
 }
 
@@ -155,26 +177,53 @@ fn unprivileged_run_reports_root_only_components_unavailable() {
     }
     let r = hwfix::run_as_nobody(
         sb.path(),
-        &["fingerprint", "hardware", "--json", "--root", root.to_str().unwrap()],
+        &[
+            "fingerprint",
+            "hardware",
+            "--json",
+            "--root",
+            root.to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let doc: Value = serde_json::from_str(&r.stdout).unwrap();
     schema::assert_valid("hardware", &doc);
-    for n in ["smbios.uuid", "smbios.product_serial", "smbios.board_serial", "smbios.chassis_serial", "vmgenid"] {
+    for n in [
+        "smbios.uuid",
+        "smbios.product_serial",
+        "smbios.board_serial",
+        "smbios.chassis_serial",
+        "vmgenid",
+    ] {
         let c = component(&doc, n).unwrap_or_else(|| panic!("{n} missing: {doc:#}"));
         assert_eq!(c["status"], "unavailable", "{n}: {c}");
-        assert!(c["reason"].as_str().unwrap().contains("permission denied"), "{c}");
+        assert!(
+            c["reason"].as_str().unwrap().contains("permission denied"),
+            "{c}"
+        );
         assert!(c.get("digest").is_none());
     }
     // What a normal user can read is still there and equal to the root run's.
     let as_root = fingerprint(&sb, &root);
-    for n in ["machine_id", "net.enp1s0.mac", "disk.vda.serial", "smbios.sys_vendor"] {
-        assert_eq!(component(&doc, n).unwrap()["digest"], component(&as_root, n).unwrap()["digest"], "{n}");
+    for n in [
+        "machine_id",
+        "net.enp1s0.mac",
+        "disk.vda.serial",
+        "smbios.sys_vendor",
+    ] {
+        assert_eq!(
+            component(&doc, n).unwrap()["digest"],
+            component(&as_root, n).unwrap()["digest"],
+            "{n}"
+        );
     }
     // The two runs compare as the same machine: unreadable is not a change.
     std::fs::write(sb.join("user.json"), &r.stdout).unwrap();
     std::fs::write(sb.join("root.json"), as_root.to_string()).unwrap();
-    let d = sb.cmd(["diff", "--json", "root.json", "user.json"]).ok().json();
+    let d = sb
+        .cmd(["diff", "--json", "root.json", "user.json"])
+        .ok()
+        .json();
     assert_eq!(d["conclusion"], "same");
     assert_eq!(d["not_compared"].as_array().unwrap().len(), 5);
 }
@@ -202,10 +251,19 @@ fn bad_roots_are_clear_errors() {
         .expect(2);
     assert!(r.stderr.contains("/nonexistent/guest"), "{}", r.stderr);
     std::fs::write(sb.join("file"), "x").unwrap();
-    let r = sb.cmd(["fingerprint", "hardware", "--root", "file"]).expect(2);
+    let r = sb
+        .cmd(["fingerprint", "hardware", "--root", "file"])
+        .expect(2);
     assert!(r.stderr.contains("not a directory"), "{}", r.stderr);
     let r = sb
-        .cmd(["fingerprint", "hardware", "--root", "/", "--libvirt-xml", "x.xml"])
+        .cmd([
+            "fingerprint",
+            "hardware",
+            "--root",
+            "/",
+            "--libvirt-xml",
+            "x.xml",
+        ])
         .expect(2);
     assert!(r.stderr.contains("cannot be used with"), "{}", r.stderr);
 }
@@ -216,9 +274,18 @@ fn hostile_sysfs_values_are_bounded_and_never_fatal() {
     let root = sb.join("kvm");
     let f = hwfix::kvm(&root);
     // A 5 MiB "serial", a truncated VPD page, binary junk in a MAC and a weird ifname.
-    f.file("sys/devices/virtual/dmi/id/product_serial", vec![b'A'; 5 << 20]);
-    f.file("sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda/serial", "");
-    f.file("sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda/device/vpd_pg80", [0u8, 0x80, 0xff]);
+    f.file(
+        "sys/devices/virtual/dmi/id/product_serial",
+        vec![b'A'; 5 << 20],
+    );
+    f.file(
+        "sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda/serial",
+        "",
+    );
+    f.file(
+        "sys/devices/pci0000:00/0000:00:04.0/virtio2/block/vda/device/vpd_pg80",
+        [0u8, 0x80, 0xff],
+    );
     f.nic("we ird", "pci0000:00/x", "\u{0}\u{1}junk");
     let doc = fingerprint(&sb, &root);
     let c = component(&doc, "smbios.product_serial").unwrap();

@@ -23,7 +23,11 @@ fn virsh_roundtrip(sb: &Sandbox, name: &str, xml: &str) -> String {
         .output()
         .expect("run virsh");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "virsh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "virsh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let start = text.find("<domain").expect("dumpxml printed a domain");
     let end = text.rfind("</domain>").expect("domain end") + "</domain>".len();
     text[start..end].to_string()
@@ -59,7 +63,13 @@ fn changed(d: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| format!("{}:{}", c["change"].as_str().unwrap(), c["component"].as_str().unwrap()))
+        .map(|c| {
+            format!(
+                "{}:{}",
+                c["change"].as_str().unwrap(),
+                c["component"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -72,11 +82,28 @@ fn virt_clone_style_copy_is_clone_suspected() {
     let (orig, doc) = fingerprint(
         &sb,
         "app",
-        &kvm_domain_xml("app", KVM_UUID, KVM_GENID, &[KVM_MAC], "/var/lib/libvirt/images/app.qcow2"),
+        &kvm_domain_xml(
+            "app",
+            KVM_UUID,
+            KVM_GENID,
+            &[KVM_MAC],
+            "/var/lib/libvirt/images/app.qcow2",
+        ),
     );
-    for n in ["smbios.uuid", "vmgenid", "net.0.mac", "disk.vda.serial", "disk.vda.source", "memory.mib"] {
+    for n in [
+        "smbios.uuid",
+        "vmgenid",
+        "net.0.mac",
+        "disk.vda.serial",
+        "disk.vda.source",
+        "memory.mib",
+    ] {
         assert!(
-            doc["components"].as_array().unwrap().iter().any(|c| c["name"] == n),
+            doc["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == n),
             "{n} missing: {doc:#}"
         );
     }
@@ -84,20 +111,36 @@ fn virt_clone_style_copy_is_clone_suspected() {
     let (copy, _) = fingerprint(
         &sb,
         "app-clone",
-        &kvm_domain_xml("app-clone", CLONE_UUID, KVM_GENID, &[CLONE_MAC], "/var/lib/libvirt/images/app-clone.qcow2"),
+        &kvm_domain_xml(
+            "app-clone",
+            CLONE_UUID,
+            KVM_GENID,
+            &[CLONE_MAC],
+            "/var/lib/libvirt/images/app-clone.qcow2",
+        ),
     );
     let d = diff(&sb, &orig, &copy, 1);
     assert_eq!(d["conclusion"], "clone_suspected", "{d:#}");
     assert_eq!(
         changed(&d),
-        ["changed:disk.vda.source", "changed:net.0.mac", "changed:smbios.uuid"]
+        [
+            "changed:disk.vda.source",
+            "changed:net.0.mac",
+            "changed:smbios.uuid"
+        ]
     );
     let why = d["explanation"].as_str().unwrap();
-    assert!(why.contains("SMBIOS UUID") && why.contains("serial number of disk vda"), "{why}");
+    assert!(
+        why.contains("SMBIOS UUID") && why.contains("serial number of disk vda"),
+        "{why}"
+    );
     // Human output says the same in words.
     let text = sb.cmd(["diff"]).arg(&orig).arg(&copy).expect(1).stdout;
     assert!(text.contains("conclusion: clone_suspected"), "{text}");
-    assert!(text.contains("~ smbios.uuid: SMBIOS system UUID (assigned by the hypervisor) changed"), "{text}");
+    assert!(
+        text.contains("~ smbios.uuid: SMBIOS system UUID (assigned by the hypervisor) changed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -125,7 +168,13 @@ fn added_nic_is_hardware_changed_under_most_and_different_under_all() {
     let (b, _) = fingerprint(
         &sb,
         "app",
-        &kvm_domain_xml("app", KVM_UUID, KVM_GENID, &[KVM_MAC, "52:54:00:aa:bb:02"], "/img/app.qcow2"),
+        &kvm_domain_xml(
+            "app",
+            KVM_UUID,
+            KVM_GENID,
+            &[KVM_MAC, "52:54:00:aa:bb:02"],
+            "/img/app.qcow2",
+        ),
     );
     let d = diff(&sb, &a, &b, 1);
     assert_eq!(d["conclusion"], "hardware_changed", "{d:#}");
@@ -152,7 +201,13 @@ fn added_nic_is_hardware_changed_under_most_and_different_under_all() {
     let (c, _) = fingerprint(
         &sb,
         "app",
-        &kvm_domain_xml("app", KVM_UUID, KVM_GENID, &["52:54:00:99:99:99"], "/img/app.qcow2"),
+        &kvm_domain_xml(
+            "app",
+            KVM_UUID,
+            KVM_GENID,
+            &["52:54:00:99:99:99"],
+            "/img/app.qcow2",
+        ),
     );
     let d = sb
         .cmd(["diff", "--json", "--config", "mac.toml"])
@@ -161,7 +216,10 @@ fn added_nic_is_hardware_changed_under_most_and_different_under_all() {
         .expect(1)
         .json();
     assert_eq!(d["conclusion"], "different_machine", "{d:#}");
-    assert_eq!(d["policy"]["broken_deal_breakers"], serde_json::json!(["net.0.mac"]));
+    assert_eq!(
+        d["policy"]["broken_deal_breakers"],
+        serde_json::json!(["net.0.mac"])
+    );
 }
 
 #[test]
@@ -219,7 +277,13 @@ fn domain_xml_on_stdin_as_a_hook_gets_it() {
         .json();
     std::fs::write(sb.join("d.xml"), &xml).unwrap();
     let from_file = sb
-        .cmd(["fingerprint", "hardware", "--json", "--libvirt-xml", "d.xml"])
+        .cmd([
+            "fingerprint",
+            "hardware",
+            "--json",
+            "--libvirt-xml",
+            "d.xml",
+        ])
         .ok()
         .json();
     assert_eq!(from_stdin["digest"], from_file["digest"]);
@@ -230,14 +294,26 @@ fn domain_xml_on_stdin_as_a_hook_gets_it() {
 fn malformed_or_hostile_xml_is_a_clear_error() {
     let sb = Sandbox::new();
     let cases: &[(&str, &str)] = &[
-        ("<domain type='kvm'><name>a</name><uuid>1234</uuid></domain>", "/domain/uuid"),
+        (
+            "<domain type='kvm'><name>a</name><uuid>1234</uuid></domain>",
+            "/domain/uuid",
+        ),
         (
             "<domain><name>a</name><devices><interface type='network'><mac address='52:54:zz:00:00:01'/></interface></devices></domain>",
             "/domain/devices/interface[1]/mac: attribute `address`",
         ),
-        ("<domain><name>a</name><memory unit='furlongs'>3</memory></domain>", "/domain/memory"),
-        ("<domain><name>a</name><vcpu>many</vcpu></domain>", "/domain/vcpu"),
-        ("<domain><name>a</name><devices><disk type='file'><target bus='virtio'/></disk></devices></domain>", "disk[1]/target: attribute `dev`"),
+        (
+            "<domain><name>a</name><memory unit='furlongs'>3</memory></domain>",
+            "/domain/memory",
+        ),
+        (
+            "<domain><name>a</name><vcpu>many</vcpu></domain>",
+            "/domain/vcpu",
+        ),
+        (
+            "<domain><name>a</name><devices><disk type='file'><target bus='virtio'/></disk></devices></domain>",
+            "disk[1]/target: attribute `dev`",
+        ),
         ("<domain><name>a</name>", "malformed libvirt domain XML"),
         ("<network><name>a</name></network>", "expected <domain>"),
         (
@@ -248,13 +324,22 @@ fn malformed_or_hostile_xml_is_a_clear_error() {
     for (i, (xml, needle)) in cases.iter().enumerate() {
         let f = format!("bad{i}.xml");
         std::fs::write(sb.join(&f), xml).unwrap();
-        let r = sb.cmd(["fingerprint", "hardware", "--libvirt-xml", &f]).expect(2);
+        let r = sb
+            .cmd(["fingerprint", "hardware", "--libvirt-xml", &f])
+            .expect(2);
         assert!(r.stderr.contains(&f), "case {i}: {}", r.stderr);
-        assert!(r.stderr.contains(needle), "case {i}: wanted {needle:?} in {}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "case {i}: wanted {needle:?} in {}",
+            r.stderr
+        );
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     }
     // Oversized input is refused without reading it all.
-    let big = format!("<domain><name>a</name><description>{}</description></domain>", "x".repeat(5 << 20));
+    let big = format!(
+        "<domain><name>a</name><description>{}</description></domain>",
+        "x".repeat(5 << 20)
+    );
     let r = sb
         .cmd(["fingerprint", "hardware", "--libvirt-xml", "-"])
         .stdin(big)

@@ -75,8 +75,14 @@ fn proxmox_clone_is_clone_suspected_and_base64_smbios_is_decoded() {
     // `qm clone`: new smbios1 uuid, new vmgenid, new MAC, new volume; the disk serial
     // option is copied along.
     let clone = VM100
-        .replace("5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f", "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d")
-        .replace("2f8a5e1c-1b2d-4c3e-8f9a-0b1c2d3e4f50", "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a")
+        .replace(
+            "5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f",
+            "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+        )
+        .replace(
+            "2f8a5e1c-1b2d-4c3e-8f9a-0b1c2d3e4f50",
+            "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+        )
         .replace("BC:24:11:2A:3B:4C", "BC:24:11:77:88:99")
         .replace("vm-100-disk-0", "vm-101-disk-0");
     fingerprint(&sb, "101.conf", &clone);
@@ -88,8 +94,16 @@ fn proxmox_clone_is_clone_suspected_and_base64_smbios_is_decoded() {
     assert_eq!(d["conclusion"], "clone_suspected", "{d:#}");
 
     // base64=1 smbios values decode to the same serial as plain ones.
-    let plain = fingerprint(&sb, "a.conf", "smbios1: uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=APP-1,manufacturer=Acme\n");
-    let b64 = fingerprint(&sb, "b.conf", "smbios1: base64=1,uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=QVBQLTE=,manufacturer=QWNtZQ==\n");
+    let plain = fingerprint(
+        &sb,
+        "a.conf",
+        "smbios1: uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=APP-1,manufacturer=Acme\n",
+    );
+    let b64 = fingerprint(
+        &sb,
+        "b.conf",
+        "smbios1: base64=1,uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=QVBQLTE=,manufacturer=QWNtZQ==\n",
+    );
     assert_eq!(plain["digest"], b64["digest"]);
     assert_eq!(comp(&b64, "smbios.sys_vendor")["value"], "Acme");
 }
@@ -102,7 +116,10 @@ fn malformed_configs_name_the_file_and_line() {
         ("net0: virtio=BC:24:11:ZZ:3B:4C,bridge=vmbr0\n", "net0"),
         ("memory: plenty\n", "memory"),
         ("smbios1: uuid=not-a-uuid\n", "smbios1"),
-        ("smbios1: base64=1,uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=***\n", "base64"),
+        (
+            "smbios1: base64=1,uuid=5c0e8c4e-6a9e-4b43-9c47-7e3b0c1d2e3f,serial=***\n",
+            "base64",
+        ),
         ("vmgenid: xyz\n", "vmgenid"),
         ("scsi0: ,size=3G\n", "scsi0: no volume"),
     ]
@@ -111,8 +128,14 @@ fn malformed_configs_name_the_file_and_line() {
     {
         let f = format!("{i}.conf");
         std::fs::write(sb.join(&f), conf).unwrap();
-        let r = sb.cmd(["fingerprint", "hardware", "--proxmox-conf", &f]).expect(2);
-        assert!(r.stderr.contains(&f) && r.stderr.contains(needle), "case {i}: {}", r.stderr);
+        let r = sb
+            .cmd(["fingerprint", "hardware", "--proxmox-conf", &f])
+            .expect(2);
+        assert!(
+            r.stderr.contains(&f) && r.stderr.contains(needle),
+            "case {i}: {}",
+            r.stderr
+        );
     }
     let r = sb
         .cmd(["fingerprint", "hardware", "--proxmox-conf", "missing.conf"])

@@ -70,7 +70,10 @@ impl Fx {
             .file(&format!("{d}/addr_assign_type"), "0\n")
             .file(&format!("{d}/type"), "1\n")
             .link(&format!("{d}/device"), "../../../")
-            .link(&format!("sys/class/net/{ifname}"), &format!("../../devices/{dev}/net/{ifname}"))
+            .link(
+                &format!("sys/class/net/{ifname}"),
+                &format!("../../devices/{dev}/net/{ifname}"),
+            )
     }
 
     /// A virtual interface (no device): loopback, bridge or veth.
@@ -78,11 +81,17 @@ impl Fx {
         let d = format!("sys/devices/virtual/net/{ifname}");
         self.file(&format!("{d}/address"), format!("{mac}\n"))
             .file(&format!("{d}/addr_assign_type"), format!("{assign}\n"))
-            .file(&format!("{d}/type"), if kind == "loopback" { "772\n" } else { "1\n" });
+            .file(
+                &format!("{d}/type"),
+                if kind == "loopback" { "772\n" } else { "1\n" },
+            );
         if kind == "bridge" {
             self.file(&format!("{d}/bridge/forward_delay"), "1500\n");
         }
-        self.link(&format!("sys/class/net/{ifname}"), &format!("../../devices/virtual/net/{ifname}"))
+        self.link(
+            &format!("sys/class/net/{ifname}"),
+            &format!("../../devices/virtual/net/{ifname}"),
+        )
     }
 
     /// A block device with an optional `serial` file and optional SCSI VPD page 0x80.
@@ -99,7 +108,10 @@ impl Fx {
         } else {
             self.dir(&format!("{d}/device"));
         }
-        self.link(&format!("sys/block/{name}"), &format!("../devices/{dev}/block/{name}"))
+        self.link(
+            &format!("sys/block/{name}"),
+            &format!("../devices/{dev}/block/{name}"),
+        )
     }
 
     pub fn cpus(&self, model: &str, n: usize, hypervisor_flag: bool) -> &Fx {
@@ -141,7 +153,10 @@ impl Fx {
         le[6..8].reverse();
         let mut blob = vec![0u8; 4096];
         blob[40..56].copy_from_slice(&le);
-        self.secret("sys/firmware/qemu_fw_cfg/by_name/etc/vmgenid_guid/raw", blob)
+        self.secret(
+            "sys/firmware/qemu_fw_cfg/by_name/etc/vmgenid_guid/raw",
+            blob,
+        )
     }
 }
 
@@ -155,23 +170,42 @@ pub const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
 /// A KVM/QEMU guest (libvirt, q35), matching [`kvm_domain_xml`].
 pub fn kvm(root: &Path) -> Fx {
     let f = Fx::new(root);
-    f.dmi("QEMU", "Standard PC (Q35 + ICH9, 2009)", KVM_UUID, [KVM_SERIAL, "", ""])
-        .nic("enp1s0", "pci0000:00/0000:00:02.0/0000:01:00.0/virtio0", KVM_MAC)
-        .virtual_nic("lo", "00:00:00:00:00:00", "0", "loopback")
-        .virtual_nic("docker0", "02:42:ac:11:00:01", "3", "bridge")
-        .virtual_nic("veth1a2b3c", "9a:3c:11:22:33:44", "3", "veth")
-        .disk("vda", "pci0000:00/0000:00:04.0/virtio2", Some(KVM_DISK_SERIAL), None)
-        .disk("sr0", "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0", None, None)
-        .disk("loop0", "virtual", None, None)
-        .file("etc/machine-id", format!("{MACHINE_ID}\n"))
-        .cpus("QEMU Virtual CPU version 2.5+", 2, true)
-        .memory_kib(2014936)
-        .root_fs("vda1", "0b3c9f5e-8e2a-4d7c-9a3b-1c2d3e4f5a6b")
-        .file(
-            "sys/devices/system/clocksource/clocksource0/available_clocksource",
-            "kvm-clock tsc acpi_pm \n",
-        )
-        .vmgenid(KVM_GENID);
+    f.dmi(
+        "QEMU",
+        "Standard PC (Q35 + ICH9, 2009)",
+        KVM_UUID,
+        [KVM_SERIAL, "", ""],
+    )
+    .nic(
+        "enp1s0",
+        "pci0000:00/0000:00:02.0/0000:01:00.0/virtio0",
+        KVM_MAC,
+    )
+    .virtual_nic("lo", "00:00:00:00:00:00", "0", "loopback")
+    .virtual_nic("docker0", "02:42:ac:11:00:01", "3", "bridge")
+    .virtual_nic("veth1a2b3c", "9a:3c:11:22:33:44", "3", "veth")
+    .disk(
+        "vda",
+        "pci0000:00/0000:00:04.0/virtio2",
+        Some(KVM_DISK_SERIAL),
+        None,
+    )
+    .disk(
+        "sr0",
+        "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0",
+        None,
+        None,
+    )
+    .disk("loop0", "virtual", None, None)
+    .file("etc/machine-id", format!("{MACHINE_ID}\n"))
+    .cpus("QEMU Virtual CPU version 2.5+", 2, true)
+    .memory_kib(2014936)
+    .root_fs("vda1", "0b3c9f5e-8e2a-4d7c-9a3b-1c2d3e4f5a6b")
+    .file(
+        "sys/devices/system/clocksource/clocksource0/available_clocksource",
+        "kvm-clock tsc acpi_pm \n",
+    )
+    .vmgenid(KVM_GENID);
     f
 }
 
@@ -206,9 +240,17 @@ pub fn vmware(root: &Path) -> Fx {
         "VMware, Inc.",
         "VMware7,1",
         "564d1b2c-3d4e-5f60-7182-93a4b5c6d7e8",
-        ["VMware-56 4d 1b 2c 3d 4e 5f 60-71 82 93 a4 b5 c6 d7 e8", "None", "None"],
+        [
+            "VMware-56 4d 1b 2c 3d 4e 5f 60-71 82 93 a4 b5 c6 d7 e8",
+            "None",
+            "None",
+        ],
     )
-    .nic("ens192", "pci0000:00/0000:00:15.0/0000:0b:00.0", "00:50:56:8A:12:34")
+    .nic(
+        "ens192",
+        "pci0000:00/0000:00:15.0/0000:0b:00.0",
+        "00:50:56:8A:12:34",
+    )
     .virtual_nic("lo", "00:00:00:00:00:00", "0", "loopback")
     .disk(
         "sda",
@@ -257,7 +299,10 @@ pub fn container(root: &Path) -> Fx {
         .cpus("AMD EPYC 7B13", 2, true)
         .memory_kib(24576000)
         .file(".dockerenv", "")
-        .file("proc/self/mountinfo", "500 400 0:52 / / rw,relatime - overlay overlay rw,lowerdir=/x\n");
+        .file(
+            "proc/self/mountinfo",
+            "500 400 0:52 / / rw,relatime - overlay overlay rw,lowerdir=/x\n",
+        );
     f
 }
 

@@ -171,3 +171,4 @@ pub fn require(prog: &str) {
 
 pub mod hwfix;
 pub mod schema;
+pub mod treefix;

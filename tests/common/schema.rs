@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 /// Assert that `doc` is valid under `schemas/NAME.schema.json`, listing every violation.
 pub fn assert_valid(name: &str, doc: &serde_json::Value) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.schema.json"));
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.schema.json"));
     let schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(
@@ -16,5 +17,9 @@ pub fn assert_valid(name: &str, doc: &serde_json::Value) {
         .iter_errors(doc)
         .map(|e| format!("{} at {}", e, e.instance_path))
         .collect();
-    assert!(errors.is_empty(), "{name} schema violations:\n{}\n{doc:#}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "{name} schema violations:\n{}\n{doc:#}",
+        errors.join("\n")
+    );
 }
