@@ -5,7 +5,7 @@
 # exits 1 when vmledger is not at least 4x faster.
 #
 # Usage: benches/tree.sh [DIR]   (default: target/bench/tree; generated once, reused)
-# Env:   FILES (50000), BYTES (2147483648), RUNS (3)
+# Env:   FILES (50000), BYTES (2147483648), RUNS (5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v hyperfine >/dev/null || { echo "hyperfine is not installed (apt-get install hyperfine)" >&2; exit 2; }
@@ -13,7 +13,7 @@ command -v hyperfine >/dev/null || { echo "hyperfine is not installed (apt-get i
 DIR=${1:-target/bench/tree}
 FILES=${FILES:-50000}
 BYTES=${BYTES:-2147483648}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 
 cargo build --release --quiet
 BIN=target/release/vmledger

@@ -360,6 +360,9 @@ pub struct Pending {
     /// Relative path bytes.
     pub rel: Vec<u8>,
     pub full: PathBuf,
+    /// The walk saw a regular file (from the directory entry's type, usually without a
+    /// `stat`): it is opened directly and checked with `fstat`.
+    pub is_file: bool,
 }
 
 /// A tree that cannot be walked at all (the root itself is missing or not a directory).
@@ -405,9 +408,11 @@ pub fn walk(dir: &Path, excludes: &Excludes) -> Result<(Vec<Pending>, Vec<EntryE
                     .as_os_str()
                     .as_bytes()
                     .to_vec();
+                let is_file = e.file_type().is_file();
                 pending.push(Pending {
                     rel,
                     full: e.into_path(),
+                    is_file,
                 });
             }
             Err(err) => {
@@ -486,6 +491,20 @@ pub fn examine(dir: &Path, pending: Vec<Pending>, mut errors: Vec<EntryError>) -
 }
 
 fn examine_one(p: &Pending, buf: &mut [u8]) -> Result<Entry, String> {
+    // Regular files (nearly everything): open, fstat and hash, no separate lstat.
+    if p.is_file
+        && let Some((size, digest, mode)) = hash_file(&p.full, buf)?
+    {
+        return Ok(Entry {
+            path: escape(&p.rel),
+            kind: Kind::File,
+            mode: format!("{:04o}", mode & 0o7777),
+            size: Some(size),
+            sha256: Some(digest),
+            target: None,
+        });
+    }
+    // Anything else, or a file that changed type since the walk: record what it is now.
     let meta = fs::symlink_metadata(&p.full).map_err(|e| describe_io(&e))?;
     let kind = Kind::of(&meta.file_type());
     let mut entry = Entry {
@@ -498,7 +517,8 @@ fn examine_one(p: &Pending, buf: &mut [u8]) -> Result<Entry, String> {
     };
     match kind {
         Kind::File => {
-            let (size, digest, mode) = hash_file(&p.full, buf)?;
+            let (size, digest, mode) =
+                hash_file(&p.full, buf)?.ok_or("changed type during the walk")?;
             entry.size = Some(size);
             entry.sha256 = Some(digest);
             entry.mode = format!("{:04o}", mode & 0o7777);
@@ -513,23 +533,23 @@ fn examine_one(p: &Pending, buf: &mut [u8]) -> Result<Entry, String> {
 }
 
 /// Hash a regular file opened without following symlinks and without blocking; returns
-/// (bytes hashed, hex SHA-256, mode from `fstat`).
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(u64, String, u32), String> {
+/// (bytes hashed, hex SHA-256, mode from `fstat`), or `None` when the path is no longer a
+/// regular file (a symlink or FIFO swapped in).
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<Option<(u64, String, u32)>, String> {
     let flags =
         nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOCTTY;
-    let mut f = fs::OpenOptions::new()
+    let mut f = match fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits())
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(code) if code == nix::errno::Errno::ELOOP as i32 => {
-                "replaced by a symlink during the walk".to_string()
-            }
-            _ => describe_io(&e),
-        })?;
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => return Ok(None),
+        Err(e) => return Err(describe_io(&e)),
+    };
     let meta = f.metadata().map_err(|e| describe_io(&e))?;
     if !meta.is_file() {
-        return Err("changed type during the walk".into());
+        return Ok(None);
     }
     let mut h = Sha256::new();
     let mut n = 0u64;
@@ -544,7 +564,7 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(u64, String, u32), String> 
             Err(e) => return Err(describe_io(&e)),
         }
     }
-    Ok((n, hex::encode(h.finalize()), meta.mode()))
+    Ok(Some((n, hex::encode(h.finalize()), meta.mode())))
 }
 
 /// Fingerprint one directory tree: walk, then hash in parallel.
