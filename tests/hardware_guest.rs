@@ -103,6 +103,12 @@ fn kvm_guest_reports_every_component_with_class_and_source() {
         .stdout;
     assert!(human.contains(doc["digest"].as_str().unwrap()), "{human}");
     assert!(human.contains("net.enp1s0.mac"), "{human}");
+    assert!(human.contains("(guest "), "{human}");
+    // Fingerprint commands read; they never write state.
+    assert!(
+        !sb.state().exists(),
+        "fingerprint hardware created a state dir"
+    );
 }
 
 #[test]

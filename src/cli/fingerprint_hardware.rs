@@ -52,16 +52,13 @@ pub fn human(fp: &Fingerprint) -> String {
         .filter(|c| c.status == Status::Unavailable)
         .count();
     let mut s = format!(
-        "hardware fingerprint {} ({:?} {}): {} components, {} unavailable\n",
+        "hardware fingerprint {} ({} {}): {} components, {} unavailable\n",
         fp.digest,
-        fp.source.kind,
+        fp.source.kind.as_str(),
         fp.source.path,
         fp.components.len(),
         unavailable
-    )
-    .replace("Guest", "guest")
-    .replace("Libvirt", "libvirt")
-    .replace("Proxmox", "proxmox");
+    );
     let width = fp
         .components
         .iter()

@@ -116,6 +116,16 @@ pub enum SourceKind {
     Proxmox,
 }
 
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Guest => "guest",
+            SourceKind::Libvirt => "libvirt",
+            SourceKind::Proxmox => "proxmox",
+        }
+    }
+}
+
 /// The source of a fingerprint: its kind and the root directory or file read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
