@@ -320,11 +320,19 @@ pub fn open_up(dir: &Path) {
 }
 
 /// Run `vmledger ARGS` as user/group 65534 (nobody) through `setpriv`, with HOME=`home`.
+/// The binary is copied into `home` first: the build directory may not be reachable by
+/// other users (a CI clone under /root).
 pub fn run_as_nobody(home: &Path, args: &[&str]) -> Run {
     super::require("setpriv");
+    let exe = home.join("vmledger-as-nobody");
+    if !exe.exists() {
+        fs::copy(bin(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    open_up(home);
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(bin())
+        .arg(&exe)
         .args(args)
         .env("HOME", home)
         .env_remove("VMLEDGER_STATE_DIR")

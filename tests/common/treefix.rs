@@ -21,15 +21,18 @@ pub fn generate(root: &Path, files: usize) -> Generated {
         let d = root.join(format!("d{:03}", i % 100));
         if i < 100 {
             fs::create_dir_all(&d).unwrap();
+            // Explicit modes: the unprivileged run must be able to read all but one file,
+            // whatever the umask of the test runner.
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
         }
-        fs::write(
-            d.join(format!("f{i:05}.txt")),
-            format!("file {i}\n{}", "x".repeat(i % 97)),
-        )
-        .unwrap();
+        let f = d.join(format!("f{i:05}.txt"));
+        fs::write(&f, format!("file {i}\n{}", "x".repeat(i % 97))).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
     }
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
     let links = root.join("links");
     fs::create_dir_all(&links).unwrap();
+    fs::set_permissions(&links, fs::Permissions::from_mode(0o755)).unwrap();
     symlink("../d000/f00000.txt", links.join("relative")).unwrap();
     symlink("/etc/hostname", links.join("absolute")).unwrap();
     symlink("nowhere/at/all", links.join("dangling")).unwrap();
