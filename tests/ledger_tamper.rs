@@ -53,7 +53,7 @@ fn tamper(db: &std::path::Path, sql: &str) {
     sqlite(
         db,
         &format!(
-            "DROP TRIGGER entries_no_update; DROP TRIGGER entries_no_delete; {sql}; {upd}; {del};"
+            "PRAGMA synchronous=OFF; DROP TRIGGER entries_no_update; DROP TRIGGER entries_no_delete; {sql}; {upd}; {del};"
         ),
     );
 }

@@ -33,7 +33,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let clock = SystemClock;
     let (inst, created) = Instance::open_or_init(&dir, cfg.serial.as_deref(), &clock)?;
     let ledger = inst.ledger()?;
-    let entry = observe::append_trusted(&inst, &ledger, kind::BOOT, Map::new(), &clock)?
+    // Hardware fingerprint, drift against the previous boot, configured trees.
+    let fps = crate::fingerprint::boot::collect(&cfg, &ledger)?;
+    fps.notes.iter().for_each(|n| ctx.out.note(n));
+    let drift = fps.data.get("hardware_drift").cloned();
+    let hardware_summary = fps.data.get("hardware").cloned();
+    let mut data = Map::new();
+    data.extend(fps.data);
+    let entry = observe::append_trusted(&inst, &ledger, kind::BOOT, data, &clock)?
         .pop()
         .expect("append_trusted returns the entry");
     let mut agent = Agent { cfg, inst, ledger };
@@ -48,7 +55,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     {
         let opts = checkin::Options {
             timeout: std::time::Duration::from_secs(args.checkin_timeout),
-            hardware: None,
+            hardware: hardware_summary,
         };
         let outcome = checkin::checkin(&mut agent.inst, &agent.ledger, &service, &opts, &clock);
         checkin_doc = match &outcome {
@@ -87,6 +94,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         "state": state.as_str(),
         "reason": obs.evaluation.reason,
         "message": message,
+        "hardware_drift": drift,
     });
     if inst.settings.serial.is_none() {
         ctx.out.note(
@@ -111,6 +119,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             entry.body.at,
             &entry.hash[..16]
         ));
+        if let Some(c) = drift.as_ref().and_then(|d| d.get("conclusion")) {
+            s.push_str(&format!("hardware: {}\n", c.as_str().unwrap_or_default()));
+        }
         s.push_str(&format!("license {state}: {message}"));
         s
     })?;

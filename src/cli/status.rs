@@ -78,6 +78,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
     let head = ledger.head()?;
     let last_boot = ledger.latest_of_kind("boot")?;
     let service = agent.service().ok();
+    let drift = crate::fingerprint::boot::last_drift(ledger)?;
     let mut doc = json!({
         "format": STATUS_FORMAT,
         "instance": inst.settings.instance,
@@ -90,6 +91,7 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
             "url": s.url,
             "key_id": s.keys.first().map(|k| k.key_id.clone()),
         })),
+        "hardware_drift": drift.as_ref().map(|d| json!({"conclusion": d.conclusion, "seq": d.seq, "against_seq": d.against_seq, "explanation": d.explanation})),
     });
     if let Value::Object(m) = &mut doc {
         m.extend(report::status_members(&obs));
@@ -111,6 +113,12 @@ pub fn run(ctx: &Ctx, _args: Args) -> anyhow::Result<Exit> {
         }
         if let Some(b) = &last_boot {
             s.push_str(&format!("booted   {}\n", b.body.at));
+        }
+        if let Some(d) = &drift {
+            s.push_str(&format!(
+                "hardware {} (boot seq {}): {}\n",
+                d.conclusion, d.seq, d.explanation
+            ));
         }
         s.push_str(&format!(
             "state    {}{}\n",

@@ -172,3 +172,7 @@ pub fn require(prog: &str) {
         "`{prog}` is not installed; run the test suite through `tests/run`, which installs it"
     );
 }
+
+pub mod hwfix;
+pub mod schema;
+pub mod treefix;

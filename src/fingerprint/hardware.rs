@@ -1,1 +1,0 @@
-//! hardware fingerprints (to be built: see the hardware fingerprint issue).

@@ -1,1 +1,0 @@
-//! tree fingerprints (to be built: see the tree fingerprint issue).
