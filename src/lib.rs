@@ -16,4 +16,6 @@ pub mod identity;
 pub mod keys;
 pub mod ledger;
 pub mod protocol;
+pub mod rules;
+pub mod service;
 pub mod time;
