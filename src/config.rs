@@ -45,6 +45,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "VMLEDGER_SLA_GRACE_DAYS",
         "days from SLA end to permanent disable ([license] sla_grace_days)",
     ),
+    (
+        "VMLEDGER_DB",
+        "licensing service database (same as --db; [server] db)",
+    ),
 ];
 
 /// Errors while locating or reading the configuration.
@@ -81,6 +85,9 @@ pub struct FileConfig {
     pub service: ServiceSection,
     #[serde(default)]
     pub license: LicenseSection,
+    /// `[server]`: the licensing service (`vmledger serve`, `service`, `admin`).
+    #[serde(default)]
+    pub server: crate::service::ServerSection,
 }
 
 /// `[service]`: where the appliance checks in.
@@ -121,6 +128,8 @@ pub struct Config {
     pub serial: Option<String>,
     pub service: ServiceSection,
     pub license: License,
+    /// The licensing service's settings, as written (defaults applied by the service).
+    pub server: crate::service::ServerSection,
 }
 
 /// License countdown settings with defaults applied.
@@ -235,6 +244,7 @@ impl Config {
             serial,
             service,
             license,
+            server: file.server,
         })
     }
 }

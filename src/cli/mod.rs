@@ -5,6 +5,8 @@
 //! by default, exactly one JSON document on stdout with `--json`. Nothing below `cli/`
 //! prints or exits.
 
+mod admin;
+mod bench;
 mod boot;
 pub mod diff;
 mod diff_hardware;
@@ -17,6 +19,8 @@ mod fingerprint_tree;
 mod init;
 mod ledger;
 mod output;
+mod serve;
+mod service;
 mod status;
 
 use std::path::PathBuf;
@@ -76,6 +80,17 @@ pub enum Command {
     Fingerprint(fingerprint::Command),
     /// Compare two images, manifests, hardware or tree fingerprints (exit 1 when they differ)
     Diff(diff::Args),
+    /// Run the licensing service (HTTP API) until SIGTERM
+    Serve(serve::Args),
+    /// Create the licensing service's database and key
+    #[command(subcommand)]
+    Service(service::Command),
+    /// The vendor's operations on the service database: SLAs, inspection, overrides
+    #[command(subcommand)]
+    Admin(admin::Command),
+    /// Load generators that measure the service
+    #[command(subcommand)]
+    Bench(bench::Command),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -109,6 +124,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Ledger(c) => ledger::run(&ctx, c),
         Command::Fingerprint(c) => fingerprint::run(&ctx, c),
         Command::Diff(a) => diff::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
+        Command::Service(c) => service::run(&ctx, c),
+        Command::Admin(c) => admin::run(&ctx, c),
+        Command::Bench(c) => bench::run(&ctx, c),
     }
 }
 
