@@ -155,8 +155,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
             let recs = admin::sla_import(&mut store, &inputs, now)?;
             let rows: Vec<Value> = recs
                 .iter()
-                .map(|r| json!({"serial": r.serial, "activation_code": r.activation_code,
-                                "ends": r.ends, "contact": r.contact}))
+                .map(|r| {
+                    json!({"serial": r.serial, "activation_code": r.activation_code,
+                                "ends": r.ends, "contact": r.contact})
+                })
                 .collect();
             let doc = json!({"format": "vmledger-admin-sla-import/v1", "serials": rows});
             ctx.out.emit(&doc, || {
@@ -179,7 +181,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
             let (mut store, _, _) = open(ctx, &db)?;
             let doc = admin::primary(&mut store, &instance, &branch, &reason, now)?;
             ctx.out.emit(&doc, || {
-                format!("instance {instance}: branch {} is now primary", doc["branch"])
+                format!(
+                    "instance {instance}: branch {} is now primary",
+                    doc["branch"]
+                )
             })?;
         }
         Command::Reinstate {
@@ -193,7 +198,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
                 if doc["kind"] == "approve" {
                     format!("instance {instance}: activation approved")
                 } else {
-                    format!("instance {instance}: reinstated (branches {})", doc["branches"])
+                    format!(
+                        "instance {instance}: reinstated (branches {})",
+                        doc["branches"]
+                    )
                 }
             })?;
         }
@@ -308,7 +316,11 @@ fn show_text(doc: &Value) -> String {
             "serial {}  SLA ends {}{}  contact {}  activation code {}\n",
             serial["serial"].as_str().unwrap_or(""),
             serial["ends"].as_str().unwrap_or(""),
-            if serial["sla_ended"] == true { " (ended)" } else { "" },
+            if serial["sla_ended"] == true {
+                " (ended)"
+            } else {
+                ""
+            },
             serial["contact"].as_str().unwrap_or("-"),
             serial["activation_code"].as_str().unwrap_or(""),
         ));
@@ -334,7 +346,10 @@ fn show_text(doc: &Value) -> String {
                 b["tip"]["seq"],
                 b["first"]["at"].as_str().unwrap_or(""),
                 b["tip"]["at"].as_str().unwrap_or(""),
-                b["tip"]["hash"].as_str().map(|h| &h[..h.len().min(16)]).unwrap_or(""),
+                b["tip"]["hash"]
+                    .as_str()
+                    .map(|h| &h[..h.len().min(16)])
+                    .unwrap_or(""),
             ));
         }
     }

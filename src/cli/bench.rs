@@ -93,7 +93,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
             r.p99_ms,
             r.max_ms,
             r.entries_acked,
-            r.lost.map_or("unchecked (no --db)".to_string(), |l| l.to_string()),
+            r.lost
+                .map_or("unchecked (no --db)".to_string(), |l| l.to_string()),
             r.ed25519_verify_per_s,
             r.ratio_to_verify,
             r.first_error
@@ -102,5 +103,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
                 .unwrap_or_default()
         )
     })?;
-    Ok(Exit::from_bool(r.errors == 0 && r.refused == 0 && r.lost.unwrap_or(0) == 0))
+    Ok(Exit::from_bool(
+        r.errors == 0 && r.refused == 0 && r.lost.unwrap_or(0) == 0,
+    ))
 }

@@ -55,7 +55,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         let addr = listener.local_addr().context("listener address")?;
         let url = format!("{}://{addr}", if https { "https" } else { "http" });
         let doc = json!({"format": "vmledger-serve/v1", "url": url, "key_id": key_id, "db": db});
-        ctx.out.emit(&doc, || format!("vmledger: serving on {url} (key {key_id})"))?;
+        ctx.out.emit(&doc, || {
+            format!("vmledger: serving on {url} (key {key_id})")
+        })?;
         let config = ServiceConfig {
             db,
             settings,
@@ -65,7 +67,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         };
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
                 (Ok(mut term), Ok(mut int)) => {
                     tokio::select! {
                         _ = term.recv() => {}
@@ -76,7 +81,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             }
         };
         service::launch(listener, config, shutdown).await?;
-        ctx.out.note("vmledger: stopped (in-flight requests finished)");
+        ctx.out
+            .note("vmledger: stopped (in-flight requests finished)");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(Exit::Ok)

@@ -52,7 +52,13 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
         Command::Init { db } => {
             let (path, _) = db.resolve(ctx)?;
             let key = service::init(&path, &SystemClock)?;
-            print_key(ctx, &path, &key.public_key_b64(), &protocol::key_id(&key.public_key()), true)
+            print_key(
+                ctx,
+                &path,
+                &key.public_key_b64(),
+                &protocol::key_id(&key.public_key()),
+                true,
+            )
         }
         Command::Key { db } => {
             let (path, _) = db.resolve(ctx)?;
@@ -62,7 +68,13 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
     }
 }
 
-fn print_key(ctx: &Ctx, path: &std::path::Path, pk: &str, key_id: &str, created: bool) -> anyhow::Result<Exit> {
+fn print_key(
+    ctx: &Ctx,
+    path: &std::path::Path,
+    pk: &str,
+    key_id: &str,
+    created: bool,
+) -> anyhow::Result<Exit> {
     let doc = json!({
         "format": "vmledger-service-key/v1",
         "public_key": pk,

@@ -95,6 +95,28 @@ pub mod stamp {
     }
 }
 
+/// Serde for `Option<Time>` in the ledger's timestamp format.
+pub mod opt_stamp {
+    use super::Time;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<Time>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&crate::time::format_at(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Time>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => crate::time::parse_at(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Thresholds of the rules (the service's `[server]` config, the cross-check's policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
@@ -303,8 +325,18 @@ pub enum BranchState {
         since: Time,
         /// The branch that superseded it.
         by: BranchId,
+        /// The ledger time (`at`) from which the superseding copy ran: its first entry's
+        /// `at` (or the override's time). This branch's entries written before it (within
+        /// the clock tolerance) are late history, not a returning copy.
+        #[serde(with = "stamp")]
+        by_at: Time,
         /// The kernel boot id of its tip at that moment.
         boot_id: String,
+        /// When the first entry of this branch was observed after the supersession: late
+        /// history is accepted only then (the copy's pending tail, delivered at once),
+        /// never from a copy that keeps reporting with a clock held back.
+        #[serde(default, with = "opt_stamp")]
+        first_seen_after: Option<Time>,
     },
     /// Running under a declared window (rule 5).
     Concurrent {
@@ -771,7 +803,24 @@ impl InstanceState {
                 // Rule 5, after the window: judged like a fork of its own.
                 self.judge_start(id, &nref, observed, policy, Rule::WindowEnded, &before)
             }
-            BranchState::Superseded { since, by, boot_id } => {
+            BranchState::Superseded {
+                since,
+                by,
+                by_at,
+                boot_id,
+                first_seen_after,
+            } => {
+                let tol = policy.thresholds.clock_tolerance;
+                let first = first_seen_after.unwrap_or(observed);
+                if let BranchState::Superseded {
+                    first_seen_after: f,
+                    ..
+                } = &mut self.branches[idx].state
+                {
+                    *f = Some(first);
+                }
+                let late = node.at <= by_at + tol && observed <= first + tol;
+                let _ = since;
                 if let Some(w) = window {
                     self.branches[idx].state = BranchState::Concurrent {
                         since: observed,
@@ -781,7 +830,7 @@ impl InstanceState {
                         until: w.until,
                         reason: w.reason,
                     })
-                } else if observed <= since + policy.thresholds.clock_tolerance {
+                } else if late {
                     Decision::Tolerated(Tolerance::LateHistory)
                 } else {
                     let rebooted = node.is_boot() || node.boot_id != boot_id;
@@ -985,7 +1034,9 @@ impl InstanceState {
                         b.state = BranchState::Superseded {
                             since: observed,
                             by: id,
+                            by_at: nref.at,
                             boot_id: b.tip.boot_id.clone(),
+                            first_seen_after: None,
                         };
                         superseded.push(b.id);
                     }
@@ -1105,7 +1156,9 @@ impl InstanceState {
             b.state = BranchState::Superseded {
                 since: at,
                 by: id,
+                by_at: at,
                 boot_id: b.tip.boot_id.clone(),
+                first_seen_after: None,
             };
         }
         self.branches[id as usize].state = BranchState::Primary;
@@ -1128,7 +1181,9 @@ impl InstanceState {
                     BranchState::Superseded {
                         since: at,
                         by: primary,
+                        by_at: at,
                         boot_id: b.tip.boot_id.clone(),
+                        first_seen_after: None,
                     }
                 };
             }

@@ -25,6 +25,10 @@ pub enum MemberState {
         by: String,
         /// The kernel boot id of its last entry at that moment.
         boot_id: String,
+        /// When its first entry after the supersession was observed (late history is
+        /// accepted only with that first delivery).
+        #[serde(default, with = "super::opt_stamp")]
+        first_seen_after: Option<Time>,
     },
     /// Disabled by a serial-level verdict.
     Disabled {
@@ -135,6 +139,7 @@ impl SerialState {
                         .as_ref()
                         .map(|e| e.boot_id.clone())
                         .unwrap_or_default(),
+                    first_seen_after: None,
                 };
                 superseded.push(m.instance.clone());
             }
@@ -172,7 +177,22 @@ impl SerialState {
             MemberState::Disabled {
                 reason, verdict, ..
             } => SerialDecision::StillDisabled { reason, verdict },
-            MemberState::Superseded { since, by, boot_id } => {
+            MemberState::Superseded {
+                since,
+                by,
+                boot_id,
+                first_seen_after,
+            } => {
+                let tol = policy.thresholds.clock_tolerance;
+                let first = first_seen_after.unwrap_or(observed);
+                if let MemberState::Superseded {
+                    first_seen_after: f,
+                    ..
+                } = &mut self.members[i].state
+                {
+                    *f = Some(first);
+                }
+                let late = node.at <= since + tol && observed <= first + tol;
                 let window = policy
                     .window(instance, observed)
                     .or_else(|| policy.window(&by, observed));
@@ -182,7 +202,7 @@ impl SerialState {
                         reason: w.reason.clone(),
                     });
                 }
-                if observed <= since + policy.thresholds.clock_tolerance {
+                if late {
                     return SerialDecision::Tolerated(Tolerance::LateHistory);
                 }
                 let rebooted = node.is_boot() || (!boot_id.is_empty() && node.boot_id != boot_id);
@@ -264,6 +284,7 @@ impl SerialState {
                         .as_ref()
                         .map(|e| e.boot_id.clone())
                         .unwrap_or_default(),
+                    first_seen_after: None,
                 };
             }
         }

@@ -737,3 +737,42 @@ mod serial_level {
         assert_eq!(s.verdicts, 0);
     }
 }
+
+#[test]
+fn pending_entries_of_the_old_copy_are_late_history_and_its_boot_is_switching() {
+    let (mut g, mut a) = start();
+    let mut b = a.copy("b");
+    let p = Policy::default();
+    now(&mut g, &mut a, "checkin", 3 * DAY);
+    // Written after its last check-in, not sent yet (the agent's `checkin` entry).
+    let pending = a.node("checkin", 3 * DAY + 1);
+    assert_eq!(
+        verdict(&now(&mut g, &mut b, "boot", 4 * DAY)).kind,
+        Kind::Restored
+    );
+    // Day 6: the old copy boots again; its request carries the pending entry and the boot.
+    assert_eq!(
+        g.observe(&pending, t(6 * DAY), &p).unwrap().decision,
+        Decision::Tolerated(Tolerance::LateHistory)
+    );
+    let boot = a.node("boot", 6 * DAY);
+    let d = g.observe(&boot, t(6 * DAY), &p).unwrap().decision;
+    assert_eq!(verdict(&d).kind, Kind::Switching);
+}
+
+#[test]
+fn a_copy_holding_its_clock_back_is_caught_on_its_next_report() {
+    let (mut g, mut a) = start();
+    let mut b = a.copy("b");
+    let p = Policy::default();
+    now(&mut g, &mut a, "checkin", 3 * DAY);
+    assert_eq!(
+        verdict(&now(&mut g, &mut b, "boot", 4 * DAY)).kind,
+        Kind::Restored
+    );
+    // The old copy keeps running with its clock set back: ledger time stays at day 3.
+    let d = write(&mut g, &mut a, "checkin", 3 * DAY, 5 * DAY, &p);
+    assert_eq!(d, Decision::Tolerated(Tolerance::LateHistory));
+    let d = write(&mut g, &mut a, "checkin", 3 * DAY, 6 * DAY, &p);
+    assert_eq!(verdict(&d).kind, Kind::ConcurrentDuplicate);
+}

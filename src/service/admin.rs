@@ -31,7 +31,9 @@ pub enum AdminError {
     UnknownInstance(String),
     #[error("nothing matches `{0}`: give a serial, a 32-hex instance id or a verdict id")]
     NotFound(String),
-    #[error("instance {instance} has no branch containing entry {hash}; see `vmledger admin show {instance}`")]
+    #[error(
+        "instance {instance} has no branch containing entry {hash}; see `vmledger admin show {instance}`"
+    )]
     UnknownBranch { instance: String, hash: String },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
@@ -59,7 +61,8 @@ pub fn operator() -> String {
 /// A fresh activation code: 4 groups of 5 characters from an unambiguous alphabet.
 pub fn new_activation_code() -> Result<String, AdminError> {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let bytes = keys::random_bytes::<20>().map_err(|e| invalid("activation code", e.to_string()))?;
+    let bytes =
+        keys::random_bytes::<20>().map_err(|e| invalid("activation code", e.to_string()))?;
     let chars: Vec<char> = bytes
         .iter()
         .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
@@ -190,9 +193,15 @@ pub fn parse_sla_csv(text: &str, file: &str) -> Result<Vec<SlaInput>, AdminError
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
     let Some((_, header)) = lines.next() else {
-        return Err(invalid(file, "empty file; expected a header `serial,ends,contact`"));
+        return Err(invalid(
+            file,
+            "empty file; expected a header `serial,ends,contact`",
+        ));
     };
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
+    let cols: Vec<String> = header
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect();
     let idx = |name: &str| cols.iter().position(|c| c == name);
     let (Some(si), Some(ei)) = (idx("serial"), idx("ends")) else {
         return Err(invalid(
@@ -204,14 +213,20 @@ pub fn parse_sla_csv(text: &str, file: &str) -> Result<Vec<SlaInput>, AdminError
         .iter()
         .find(|c| !["serial", "ends", "contact", "activation_code"].contains(&c.as_str()))
     {
-        return Err(invalid(format!("{file} line 1"), format!("unknown column `{unknown}`")));
+        return Err(invalid(
+            format!("{file} line 1"),
+            format!("unknown column `{unknown}`"),
+        ));
     }
     let (ci, ai) = (idx("contact"), idx("activation_code"));
     let mut out = Vec::new();
     for (n, line) in lines {
         let at = format!("{file} line {}", n + 1);
         if line.contains('"') {
-            return Err(invalid(at, "quoted fields are not supported (no field needs them)"));
+            return Err(invalid(
+                at,
+                "quoted fields are not supported (no field needs them)",
+            ));
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() != cols.len() {
@@ -223,11 +238,17 @@ pub fn parse_sla_csv(text: &str, file: &str) -> Result<Vec<SlaInput>, AdminError
         let serial = f[si].to_string();
         validate_serial(&serial).map_err(|e| invalid(format!("{at}, serial"), e.to_string()))?;
         let ends = parse_date(f[ei], &format!("{at}, ends"))?;
-        let contact = ci.map(|i| f[i]).filter(|c| !c.is_empty()).map(str::to_string);
+        let contact = ci
+            .map(|i| f[i])
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
         if let Some(c) = &contact {
             check_contact(c, &format!("{at}, contact"))?;
         }
-        let activation_code = ai.map(|i| f[i]).filter(|c| !c.is_empty()).map(str::to_string);
+        let activation_code = ai
+            .map(|i| f[i])
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
         if let Some(c) = &activation_code {
             check_code(c, &format!("{at}, activation_code"))?;
         }
@@ -257,12 +278,14 @@ pub fn sla_import(
     Ok(out)
 }
 
-fn instance_json(tx: &mut dyn Tx, r: &InstanceRecord, serial: &SerialRecord) -> Result<Value, AdminError> {
-    let head = r.state.primary_tip().map(|t| {
-        crate::rules::Loc {
-            branch: r.state.primary,
-            seq: t.seq,
-        }
+fn instance_json(
+    tx: &mut dyn Tx,
+    r: &InstanceRecord,
+    serial: &SerialRecord,
+) -> Result<Value, AdminError> {
+    let head = r.state.primary_tip().map(|t| crate::rules::Loc {
+        branch: r.state.primary,
+        seq: t.seq,
     });
     let (status, reason, verdict) = match head {
         Some(loc) => checkin::standing(r, &serial.serial, &serial.state, loc),
@@ -296,7 +319,9 @@ pub fn show(store: &mut dyn Store, what: &str, now: Time) -> Result<Value, Admin
             .verdict(what)?
             .ok_or_else(|| AdminError::NotFound(what.to_string()))?;
         let evidence: Value = serde_json::from_str(&v.evidence).unwrap_or(Value::Null);
-        return Ok(json!({"format": "vmledger-admin-show/v1", "verdicts": [verdict_json(&v, evidence)]}));
+        return Ok(
+            json!({"format": "vmledger-admin-show/v1", "verdicts": [verdict_json(&v, evidence)]}),
+        );
     }
     let (serial, only) = match tx.serial(what)? {
         Some(s) => (s, None),
@@ -359,7 +384,10 @@ fn verdict_json(v: &super::store::VerdictRecord, evidence: Value) -> Value {
     })
 }
 
-fn load_instance(tx: &mut dyn Tx, instance: &str) -> Result<(InstanceRecord, SerialRecord), AdminError> {
+fn load_instance(
+    tx: &mut dyn Tx,
+    instance: &str,
+) -> Result<(InstanceRecord, SerialRecord), AdminError> {
     let inst = tx
         .instance(instance)?
         .ok_or_else(|| AdminError::UnknownInstance(instance.to_string()))?;
@@ -371,7 +399,10 @@ fn load_instance(tx: &mut dyn Tx, instance: &str) -> Result<(InstanceRecord, Ser
 
 fn need_reason(reason: &str) -> Result<(), AdminError> {
     if reason.trim().is_empty() {
-        return Err(invalid("--reason", "say why (it is recorded with the override)"));
+        return Err(invalid(
+            "--reason",
+            "say why (it is recorded with the override)",
+        ));
     }
     Ok(())
 }
@@ -421,8 +452,10 @@ pub fn primary(
         .map_err(|e| invalid("--branch", e.to_string()))?;
     tx.put_instance(&inst)?;
     tx.commit()?;
-    Ok(json!({"format": "vmledger-admin-override/v1", "kind": "primary", "instance": instance,
-              "branch": branch, "previous": before, "at": now_s}))
+    Ok(
+        json!({"format": "vmledger-admin-override/v1", "kind": "primary", "instance": instance,
+              "branch": branch, "previous": before, "at": now_s}),
+    )
 }
 
 /// `admin reinstate INSTANCE --reason TEXT`: lift the instance's disabled state (its
@@ -439,13 +472,23 @@ pub fn reinstate(
     let mut tx = store.write()?;
     let (mut inst, mut serial) = load_instance(&mut *tx, instance)?;
     if inst.activation == Activation::Pending {
-        record(&mut *tx, &now_s, "approve", &serial.serial, Some(instance), json!({}), reason)?;
+        record(
+            &mut *tx,
+            &now_s,
+            "approve",
+            &serial.serial,
+            Some(instance),
+            json!({}),
+            reason,
+        )?;
         inst.activation = Activation::Active;
         inst.activated_at = Some(now_s.clone());
         tx.put_instance(&inst)?;
         tx.commit()?;
-        return Ok(json!({"format": "vmledger-admin-override/v1", "kind": "approve",
-                         "instance": instance, "at": now_s}));
+        return Ok(
+            json!({"format": "vmledger-admin-override/v1", "kind": "approve",
+                         "instance": instance, "at": now_s}),
+        );
     }
     let branches = inst.state.reinstate(now);
     let serial_level = serial.state.member(instance).is_some();
@@ -464,8 +507,10 @@ pub fn reinstate(
     }
     tx.put_instance(&inst)?;
     tx.commit()?;
-    Ok(json!({"format": "vmledger-admin-override/v1", "kind": "reinstate", "instance": instance,
-              "branches": branches, "at": now_s}))
+    Ok(
+        json!({"format": "vmledger-admin-override/v1", "kind": "reinstate", "instance": instance,
+              "branches": branches, "at": now_s}),
+    )
 }
 
 /// `admin allow-concurrent INSTANCE --until DATE --reason TEXT`: declare that the
@@ -495,7 +540,15 @@ pub fn allow_concurrent(
         reason: reason.to_string(),
     };
     let detail = serde_json::to_value(&w).map_err(|e| invalid("window", e.to_string()))?;
-    record(&mut *tx, &now_s, "allow_concurrent", &serial.serial, Some(instance), detail, reason)?;
+    record(
+        &mut *tx,
+        &now_s,
+        "allow_concurrent",
+        &serial.serial,
+        Some(instance),
+        detail,
+        reason,
+    )?;
     tx.commit()?;
     Ok(w)
 }

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio_rustls::rustls;
@@ -83,7 +83,9 @@ pub fn request_from_state(
     activation_code: Option<&str>,
     clock: &dyn Clock,
 ) -> Result<CheckinRequest, ClientError> {
-    let ledger = inst.ledger().map_err(|e| ClientError::Build(e.to_string()))?;
+    let ledger = inst
+        .ledger()
+        .map_err(|e| ClientError::Build(e.to_string()))?;
     let entries = ledger
         .entries_from(from_seq)
         .map_err(|e| ClientError::Build(e.to_string()))?;
@@ -128,14 +130,19 @@ impl Endpoint {
             url: url.to_string(),
             message: m.to_string(),
         };
-        let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             _ => return Err(bad("the scheme must be http or https")),
         };
         let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let prefix = uri.path().trim_end_matches('/').to_string();
         Ok(Endpoint {
@@ -251,10 +258,7 @@ impl Connection {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| herr(e.to_string()))?;
         let fut = async {
-            self.sender
-                .ready()
-                .await
-                .map_err(|e| herr(e.to_string()))?;
+            self.sender.ready().await.map_err(|e| herr(e.to_string()))?;
             let resp = self
                 .sender
                 .send_request(req)
@@ -369,7 +373,10 @@ mod tests {
     #[test]
     fn endpoints_parse() {
         let e = Endpoint::parse("http://127.0.0.1:8440").unwrap();
-        assert_eq!((e.https, e.host.as_str(), e.port, e.prefix.as_str()), (false, "127.0.0.1", 8440, ""));
+        assert_eq!(
+            (e.https, e.host.as_str(), e.port, e.prefix.as_str()),
+            (false, "127.0.0.1", 8440, "")
+        );
         let e = Endpoint::parse("https://license.example.com/api/").unwrap();
         assert_eq!((e.https, e.port, e.prefix.as_str()), (true, 443, "/api"));
         let e = Endpoint::parse("http://[::1]:9/").unwrap();

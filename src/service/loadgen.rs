@@ -121,7 +121,10 @@ impl Sim {
     }
 
     fn append(&mut self, kind: &str, now: &str) -> Result<(), ClientError> {
-        let last = self.entries.last().ok_or_else(|| ClientError::Build("empty".into()))?;
+        let last = self
+            .entries
+            .last()
+            .ok_or_else(|| ClientError::Build("empty".into()))?;
         let at = if now < last.body.at.as_str() {
             last.body.at.clone()
         } else {
@@ -306,7 +309,11 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
     // Activation (first check-ins with genesis), not measured.
     let opts = Arc::new(opts);
     let mut handles = Vec::new();
-    for chunk in sims.chunks(opts.instances.div_ceil(conns)).map(|c| c.len()).collect::<Vec<_>>() {
+    for chunk in sims
+        .chunks(opts.instances.div_ceil(conns))
+        .map(|c| c.len())
+        .collect::<Vec<_>>()
+    {
         let mine: Vec<Sim> = sims.drain(..chunk).collect();
         let (shared, opts) = (shared.clone(), opts.clone());
         handles.push(tokio::spawn(async move {
@@ -351,17 +358,23 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
             } else {
                 None
             };
-            let mut next = start
-                + period.map_or(Duration::ZERO, |p| p.mul_f64(i as f64 / n as f64));
+            let mut next =
+                start + period.map_or(Duration::ZERO, |p| p.mul_f64(i as f64 / n as f64));
             let end = start + opts.duration;
             let mut local = Vec::new();
             while next < end {
                 if let Some(_p) = period {
                     tokio::time::sleep_until(next.into()).await;
                 }
-                let scheduled = if period.is_some() { next } else { Instant::now() };
+                let scheduled = if period.is_some() {
+                    next
+                } else {
+                    Instant::now()
+                };
                 match checkin_once(&shared, &mut sim, &opts, &SystemClock).await {
-                    Ok(_) => local.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Ok(_) => {
+                        local.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                    }
                     Err(e) => shared.error(e.to_string()),
                 }
                 next = match period {
@@ -396,7 +409,11 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
     let ok = shared.ok.load(Ordering::Relaxed);
     let entries_acked: u64 = sims
         .iter()
-        .map(|s| s.entries.get(s.unacked.saturating_sub(1)).map_or(0, |e| e.body.seq + 1))
+        .map(|s| {
+            s.entries
+                .get(s.unacked.saturating_sub(1))
+                .map_or(0, |e| e.body.seq + 1)
+        })
         .sum();
     let lost = match &opts.db {
         Some(db) => Some(count_lost(db, &sims)?),
@@ -408,7 +425,9 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
         instances: n,
         offered_rate: opts.rate,
         duration_s: elapsed,
-        checkins: ok + shared.refused.load(Ordering::Relaxed) + shared.errors.load(Ordering::Relaxed),
+        checkins: ok
+            + shared.refused.load(Ordering::Relaxed)
+            + shared.errors.load(Ordering::Relaxed),
         ok,
         refused: shared.refused.load(Ordering::Relaxed),
         errors: shared.errors.load(Ordering::Relaxed),
@@ -429,9 +448,10 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
 /// Acknowledged heads missing from the database, plus missing entry counts.
 fn count_lost(db: &std::path::Path, sims: &[Sim]) -> Result<u64, ClientError> {
     use super::store::Store;
-    let mut store =
-        super::SqliteStore::open(db).map_err(|e| ClientError::Build(e.to_string()))?;
-    let mut tx = store.read().map_err(|e| ClientError::Build(e.to_string()))?;
+    let mut store = super::SqliteStore::open(db).map_err(|e| ClientError::Build(e.to_string()))?;
+    let mut tx = store
+        .read()
+        .map_err(|e| ClientError::Build(e.to_string()))?;
     let mut lost = 0;
     for s in sims {
         let Some(head) = s.entries.get(s.unacked.saturating_sub(1)) else {

@@ -3,6 +3,8 @@
 //! what it printed.
 #![allow(dead_code)]
 
+pub mod service;
+
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
