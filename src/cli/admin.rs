@@ -280,6 +280,20 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
                 .iter()
                 .map(|(a, e)| json!({"serial": a.serial, "to": a.to, "stage": a.stage, "error": e}))
                 .collect();
+            if !report.failed.is_empty() {
+                let detail: Vec<String> = report
+                    .failed
+                    .iter()
+                    .map(|(a, e)| format!("{} -> {} ({}): {e}", a.serial, a.to, a.stage))
+                    .collect();
+                anyhow::bail!(
+                    "{} of {} alert(s) could not be sent, they are retried on the next run ({} sent): {}",
+                    report.failed.len(),
+                    report.failed.len() + report.sent.len(),
+                    report.sent.len(),
+                    detail.join("; ")
+                );
+            }
             let doc = json!({"format": "vmledger-admin-alerts/v1", "dry_run": dry_run,
                              "due": list(&report.pending), "sent": list(&report.sent), "failed": failed});
             ctx.out.emit(&doc, || {
@@ -290,20 +304,11 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
                 for a in &report.sent {
                     s.push_str(&format!("sent  {} -> {}: {}\n", a.serial, a.to, a.subject));
                 }
-                for (a, e) in &report.failed {
-                    s.push_str(&format!("FAILED {} -> {}: {e}\n", a.serial, a.to));
-                }
                 if s.is_empty() {
                     s.push_str("no alerts due\n");
                 }
                 s
             })?;
-            if !report.failed.is_empty() {
-                anyhow::bail!(
-                    "{} alert(s) could not be sent; they are retried on the next run",
-                    report.failed.len()
-                );
-            }
         }
     }
     Ok(Exit::Ok)

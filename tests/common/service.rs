@@ -190,17 +190,15 @@ impl ServeProc {
     /// Start `vmledger serve --db DB --listen 127.0.0.1:0 EXTRA...`, optionally under
     /// `faketime SPEC`, and wait for its "serving on" line.
     pub fn start(sb: &Sandbox, db: &Path, faketime: Option<&str>, extra: &[&str]) -> ServeProc {
-        let mut cmd = match faketime {
-            Some(spec) => {
-                super::require("faketime");
-                let mut c = Command::new("faketime");
-                c.arg(spec).arg(bin());
+        let mut cmd = Command::new(bin());
+        if let Some(spec) = faketime {
+            // Preload libfaketime directly (not through the `faketime` wrapper) so that
+            // signals reach the service itself.
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", format!("@{spec}"))
                 // Timers (tokio) need a real monotonic clock.
-                c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                c
-            }
-            None => Command::new(bin()),
-        };
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
@@ -243,6 +241,23 @@ impl Drop for ServeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Path of libfaketime (installed with the `faketime` package).
+pub fn libfaketime() -> PathBuf {
+    super::require("faketime");
+    for dir in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+        "/usr/local/lib",
+    ] {
+        let p = Path::new(dir).join("faketime/libfaketime.so.1");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("libfaketime.so.1 not found; install the `faketime` package (tests/run does)");
 }
 
 /// One appliance copy: a state dir made by the real binary.
