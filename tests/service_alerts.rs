@@ -80,6 +80,13 @@ impl Drop for Smtp {
     }
 }
 
+/// The tests pick free ports and start SMTP servers on them: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -130,6 +137,7 @@ fn setup(sb: &Sandbox, smtp_port: u16, extra: &str) -> (PathBuf, PathBuf) {
 
 #[test]
 fn alerts_are_sent_once_and_failed_sends_are_retried() {
+    let _guard = one_at_a_time();
     let sb = Sandbox::new();
     let port = free_port();
     let (db, config) = setup(&sb, port, "");
@@ -217,6 +225,7 @@ fn alerts_are_sent_once_and_failed_sends_are_retried() {
 
 #[test]
 fn serve_runs_the_daily_alert_job_in_process() {
+    let _guard = one_at_a_time();
     let sb = Sandbox::new();
     let port = free_port();
     let (db, config) = setup(&sb, port, "");
@@ -244,6 +253,7 @@ fn serve_runs_the_daily_alert_job_in_process() {
 
 #[test]
 fn alerts_over_starttls() {
+    let _guard = one_at_a_time();
     let sb = Sandbox::new();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(sb.join("cert.pem"), cert.cert.pem()).unwrap();
