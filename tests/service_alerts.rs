@@ -35,14 +35,14 @@ impl Smtp {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd.spawn().expect("start aiosmtpd");
-        // Wait until it accepts connections (bounded).
+        let smtp = Smtp {
+            child: cmd.spawn().expect("start aiosmtpd"),
+            maildir: maildir.to_path_buf(),
+        };
+        // Wait until it accepts connections (bounded); Drop reaps it either way.
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Smtp {
-                    child,
-                    maildir: maildir.to_path_buf(),
-                };
+                return smtp;
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -617,9 +617,7 @@ impl InstanceState {
                 Some(BranchState::Disabled {
                     reason, verdict, ..
                 }) => {
-                    if disabled.is_none() {
-                        disabled = Some((*reason, *verdict));
-                    }
+                    disabled = disabled.or(Some((*reason, *verdict)));
                 }
                 Some(_) => return Standing::Live,
                 None => {}

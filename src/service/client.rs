@@ -104,8 +104,10 @@ pub fn request_from_state(
     )
 }
 
-/// What the service answered.
+/// What the service answered (one value per request: the size difference between the
+/// variants does not matter).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// 200 with a receipt (signature not yet checked: see [`Receipt::verify`]).
     Receipt(Receipt),

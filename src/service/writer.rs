@@ -25,7 +25,8 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Outcome>,
 }
 
-/// What the writer answers.
+/// What the writer answers (one per job, moved once).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome {
     Accepted(Answer),
     Refused(Refusal),
