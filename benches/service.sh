@@ -44,12 +44,12 @@ URL=$(grep -o 'http://[0-9.:]*' "$WORK/serve.out")
 
 echo "== vmledger serve on $URL: $N instances, offered $RATE check-ins/s for $DURATION s (open loop)"
 "$BIN" bench checkin --url "$URL" --instances "$N" --rate "$RATE" --duration "$DURATION" \
-  --activation-code BENCH-CODE --service-key "$KEY" --db "$DB" | tee "$WORK/open.txt"
+  --activation-code BENCH-CODE --service-key "$KEY" --db "$DB" --server-pid "$SERVER_PID" | tee "$WORK/open.txt"
 
 echo
 echo "== closed loop (as fast as 64 connections go) for 10 s: the ceiling"
 "$BIN" bench checkin --url "$URL" --instances "$N" --rate 0 --duration 10 --seed 2 \
-  --serial-prefix BENCH- --activation-code BENCH-CODE --service-key "$KEY" --db "$DB" 2>&1 | tee "$WORK/closed.txt" || true
+  --serial-prefix BENCH- --activation-code BENCH-CODE --service-key "$KEY" --db "$DB" --server-pid "$SERVER_PID" 2>&1 | tee "$WORK/closed.txt" || true
 
 echo
 echo "== durable commits: $(curl -s "$URL/metrics" | awk '/^vmledger_commit_batch_size_(sum|count)/ {v[$1]=$2} END {if (v["vmledger_commit_batch_size_count"]>0) printf "%d commits, %.1f check-ins per commit (group commit)", v["vmledger_commit_batch_size_count"], v["vmledger_commit_batch_size_sum"]/v["vmledger_commit_batch_size_count"]}')"

@@ -48,6 +48,9 @@ pub struct Args {
     /// Seed of the simulated instances' keys
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Process id of the service (on this machine): report its CPU time per check-in
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
@@ -68,6 +71,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
         service_key,
         db: a.db,
         seed: a.seed,
+        server_pid: a.server_pid,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,7 +84,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
              throughput {:.0} check-ins/s (offered {:.0}/s)\n\
              latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
              entries acknowledged {}, lost {}\n\
-             Ed25519 verify (1 core) {:.0}/s; check-ins/s : verify/s = {:.3}\n{}",
+             Ed25519 verify (1 core) {:.0}/s; check-ins/s : verify/s = {:.3}\n\
+             CPU per check-in: load generator {}, service {}; 2-core capacity {}\n{}",
             r.instances,
             r.duration_s,
             r.ok,
@@ -97,6 +102,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
                 .map_or("unchecked (no --db)".to_string(), |l| l.to_string()),
             r.ed25519_verify_per_s,
             r.ratio_to_verify,
+            r.client_cpu_us_per_checkin
+                .map_or("?".into(), |v| format!("{v:.0} us")),
+            r.server_cpu_us_per_checkin
+                .map_or("? (no --server-pid)".into(), |v| format!("{v:.0} us")),
+            r.two_core_capacity_per_s
+                .map_or("?".into(), |v| format!("{v:.0} check-ins/s")),
             r.first_error
                 .as_ref()
                 .map(|e| format!("first error: {e}\n"))

@@ -58,7 +58,9 @@ pub struct Member {
     pub state: MemberState,
     /// Its first observed entry.
     pub first: Option<EntryRef>,
-    /// Its latest observed entry.
+    /// Its latest observed entry that carried a kernel boot id not seen before (updated
+    /// on reboots only, so the state stays unchanged by routine check-ins): the boot id
+    /// it had when it was superseded comes from here.
     pub last: Option<EntryRef>,
 }
 
@@ -171,7 +173,9 @@ impl SerialState {
         if m.first.is_none() {
             m.first = Some(nref.clone());
         }
-        m.last = Some(nref.clone());
+        if m.last.as_ref().is_none_or(|l| l.boot_id != nref.boot_id) {
+            m.last = Some(nref.clone());
+        }
         match m.state.clone() {
             MemberState::Active => SerialDecision::Accepted,
             MemberState::Disabled {

@@ -419,8 +419,8 @@ pub fn primary(
     let now_s = time::format_at(now);
     let mut tx = store.write()?;
     let (mut inst, serial) = load_instance(&mut *tx, instance)?;
-    let branch = match tx.entry(hash)? {
-        Some(e) if e.instance == inst.instance => Some(e.branch),
+    let branch = match tx.find_entry(&inst.instance, hash)? {
+        Some(e) => Some(e.branch),
         _ if hash.len() >= 8 => {
             let m: Vec<u32> = inst
                 .state

@@ -343,6 +343,7 @@ pub fn apply(
         thresholds: settings.thresholds,
         windows: tx.windows(&b.serial)?,
     };
+    let serial_before = serial.state.clone();
     let first_checkin = inst.state.branches.is_empty();
     if first_checkin {
         serial.state.activate(&b.instance, now);
@@ -354,14 +355,7 @@ pub fn apply(
     let mut serial_verdicts = Vec::new();
     for (i, e) in b.entries.iter().enumerate() {
         let node = &p.nodes[i];
-        if let Some(stored) = tx.entry(&e.hash)? {
-            if stored.instance != b.instance {
-                return Ok(Err(Refusal::new(
-                    400,
-                    "bad_entry",
-                    format!("entry seq {} is stored for another instance", e.body.seq),
-                )));
-            }
+        if let Some(stored) = tx.entry(&b.instance, e.body.seq, &e.hash)? {
             let loc = Loc {
                 branch: stored.branch,
                 seq: stored.seq,
@@ -416,8 +410,8 @@ pub fn apply(
         } else if let Some(loc) = local.get(e.body.prev.as_str()) {
             Some(*loc)
         } else {
-            match tx.entry(&e.body.prev)? {
-                Some(pe) if pe.instance == b.instance => {
+            match tx.entry(&b.instance, e.body.seq - 1, &e.body.prev)? {
+                Some(pe) => {
                     if e.body.seq != pe.seq + 1 || e.body.at < pe.at {
                         return Ok(Err(Refusal::new(
                             400,
@@ -433,7 +427,7 @@ pub fn apply(
                         seq: pe.seq,
                     })
                 }
-                _ => {
+                None => {
                     let tip = inst.state.primary_tip().cloned();
                     return Ok(Err(Refusal::unknown_prev(
                         match &tip {
@@ -464,7 +458,7 @@ pub fn apply(
         }
         let sibling = match parent {
             Some(pl) if inst.state.would_fork(pl, &e.body.prev) => tx
-                .child_of(&b.instance, &e.body.prev)?
+                .child_of(&b.instance, e.body.seq, &e.body.prev)?
                 .as_ref()
                 .and_then(entry_ref),
             _ => None,
@@ -534,7 +528,9 @@ pub fn apply(
     tx.put_nonce(&b.instance, &b.nonce, &now_s)?;
     inst.last_checkin_at = Some(now_s.clone());
     tx.put_instance(&inst)?;
-    tx.put_serial(&serial)?;
+    if serial.state != serial_before {
+        tx.put_serial(&serial)?;
+    }
     let mut kinds = Vec::new();
     let mut restored_ref = None;
     for v in &inst_verdicts {

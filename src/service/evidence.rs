@@ -27,8 +27,8 @@ fn signed(e: &StoredEntry) -> Value {
     json!({"entry": {"body": body, "hash": e.hash, "sig": e.sig}, "arrived_at": e.arrived_at})
 }
 
-fn signed_ref(tx: &mut dyn Tx, r: &EntryRef) -> Result<Value, StoreError> {
-    Ok(match tx.entry(&r.hash)? {
+fn signed_ref(tx: &mut dyn Tx, instance: &str, r: &EntryRef) -> Result<Value, StoreError> {
+    Ok(match tx.entry(instance, r.seq, &r.hash)? {
         Some(e) => signed(&e),
         None => json!({"hash": r.hash, "missing": true}),
     })
@@ -44,19 +44,19 @@ pub fn for_instance(
 ) -> Result<VerdictRecord, StoreError> {
     let fork = match &v.fork {
         Some(f) => {
-            let point = match tx.entry(&f.point.hash)? {
+            let point = match tx.entry(&inst.instance, f.point.seq, &f.point.hash)? {
                 Some(e) => signed(&e),
                 None => json!({"hash": f.point.hash, "missing": true}),
             };
-            let a = signed_ref(tx, &f.children[0])?;
-            let b = signed_ref(tx, &f.children[1])?;
+            let a = signed_ref(tx, &inst.instance, &f.children[0])?;
+            let b = signed_ref(tx, &inst.instance, &f.children[1])?;
             json!({"point": point, "point_branch": f.point.branch, "children": [a, b]})
         }
         None => Value::Null,
     };
-    let trigger = signed_ref(tx, &v.trigger)?;
+    let trigger = signed_ref(tx, &inst.instance, &v.trigger)?;
     let witness = match &v.witness {
-        Some(w) => signed_ref(tx, w)?,
+        Some(w) => signed_ref(tx, &inst.instance, w)?,
         None => Value::Null,
     };
     let after = v.fork.as_ref().map_or(0, |f| f.point.seq);
@@ -125,9 +125,9 @@ pub fn for_serial(
             .instance(i)?
             .map_or(Value::Null, |r| Value::String(r.public_key)))
     };
-    let trigger = signed_ref(tx, &v.trigger)?;
+    let trigger = signed_ref(tx, &v.trigger_instance, &v.trigger)?;
     let witness = match &v.witness {
-        Some(w) => signed_ref(tx, w)?,
+        Some(w) => signed_ref(tx, &v.witness_instance, w)?,
         None => Value::Null,
     };
     let members: Vec<Value> = serial

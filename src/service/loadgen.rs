@@ -45,6 +45,8 @@ pub struct Options {
     /// Service database, to check afterwards that every acknowledged entry is stored.
     pub db: Option<PathBuf>,
     pub seed: u64,
+    /// The service's process id (same machine): its CPU time is reported too.
+    pub server_pid: Option<u32>,
 }
 
 /// Measured figures.
@@ -71,6 +73,13 @@ pub struct Report {
     pub ed25519_verify_per_s: f64,
     /// check-ins/s divided by verifications/s.
     pub ratio_to_verify: f64,
+    /// CPU time per check-in during the measured phase (user + system), microseconds:
+    /// the load generator itself (it signs two messages per check-in) and the service.
+    pub client_cpu_us_per_checkin: Option<f64>,
+    pub server_cpu_us_per_checkin: Option<f64>,
+    /// 2 cores divided by the CPU both sides spend per check-in: the rate this machine
+    /// sustains when nothing else runs on it.
+    pub two_core_capacity_per_s: Option<f64>,
     pub first_error: Option<String>,
 }
 
@@ -347,6 +356,10 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
     shared.errors.store(0, Ordering::Relaxed);
 
     // Measured phase.
+    let cpu_before = (
+        proc_cpu("self"),
+        opts.server_pid.and_then(|p| proc_cpu(&p.to_string())),
+    );
     let start = Instant::now();
     let n = sims.len();
     let mut handles = Vec::new();
@@ -393,6 +406,10 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
         sims.push(h.await.map_err(|e| ClientError::Build(e.to_string()))?);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = (
+        proc_cpu("self"),
+        opts.server_pid.and_then(|p| proc_cpu(&p.to_string())),
+    );
     let mut lat = shared
         .latencies
         .lock()
@@ -420,6 +437,15 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
         None => None,
     };
     let rate = ok as f64 / elapsed;
+    let per = |b: Option<f64>, a: Option<f64>| -> Option<f64> {
+        Some((a? - b?) * 1e6 / (ok.max(1) as f64))
+    };
+    let client_cpu = per(cpu_before.0, cpu_after.0);
+    let server_cpu = per(cpu_before.1, cpu_after.1);
+    let capacity = match (client_cpu, server_cpu) {
+        (Some(c), Some(s)) if c + s > 0.0 => Some(2e6 / (c + s)),
+        _ => None,
+    };
     Ok(Report {
         format: "vmledger-bench-checkin/v1",
         instances: n,
@@ -441,8 +467,23 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
         lost,
         ed25519_verify_per_s: verify_rate,
         ratio_to_verify: rate / verify_rate,
+        client_cpu_us_per_checkin: client_cpu,
+        server_cpu_us_per_checkin: server_cpu,
+        two_core_capacity_per_s: capacity,
         first_error: shared.first_error.lock().ok().and_then(|f| f.clone()),
     })
+}
+
+/// CPU seconds (user + system) used so far by process `pid` (`self` for this one), from
+/// `/proc/PID/stat` (clock ticks of 1/100 s, the Linux userspace ABI).
+fn proc_cpu(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = text.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Acknowledged heads missing from the database, plus missing entry counts.
@@ -462,7 +503,7 @@ fn count_lost(db: &std::path::Path, sims: &[Sim]) -> Result<u64, ClientError> {
             .map_err(|e| ClientError::Build(e.to_string()))?;
         let acked = head.body.seq + 1;
         let has_head = tx
-            .entry(&head.hash)
+            .entry(&s.instance, head.body.seq, &head.hash)
             .map_err(|e| ClientError::Build(e.to_string()))?
             .is_some();
         if !has_head || stored < acked {

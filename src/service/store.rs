@@ -166,9 +166,23 @@ pub trait Tx {
     /// Instances of `serial` activated at or after `since`.
     fn activations_since(&mut self, serial: &str, since: &str) -> Result<u32, StoreError>;
 
-    fn entry(&mut self, hash: &str) -> Result<Option<StoredEntry>, StoreError>;
-    /// An existing entry of `instance` whose `prev` is `prev` (any one).
-    fn child_of(&mut self, instance: &str, prev: &str) -> Result<Option<StoredEntry>, StoreError>;
+    /// The entry of `instance` at `seq` with `hash`.
+    fn entry(
+        &mut self,
+        instance: &str,
+        seq: u64,
+        hash: &str,
+    ) -> Result<Option<StoredEntry>, StoreError>;
+    /// The entry of `instance` with `hash`, whatever its seq (a scan: operators only).
+    fn find_entry(&mut self, instance: &str, hash: &str)
+    -> Result<Option<StoredEntry>, StoreError>;
+    /// An existing entry of `instance` at `seq` whose `prev` is `prev` (any one).
+    fn child_of(
+        &mut self,
+        instance: &str,
+        seq: u64,
+        prev: &str,
+    ) -> Result<Option<StoredEntry>, StoreError>;
     fn insert_entry(&mut self, e: &StoredEntry) -> Result<(), StoreError>;
     /// Entries of `instance` on `branch` with seq > `after_seq`, in seq order, at most
     /// `limit` (the newest ones when there are more).

@@ -33,11 +33,13 @@ CREATE TABLE instances (
 ) STRICT;
 CREATE INDEX instances_by_serial ON instances (serial, activated_at);
 
--- Every entry ever received, keyed by hash, with its branch and arrival time.
+-- Every entry ever received, with its branch and arrival time. Clustered by instance and
+-- seq, so that a check-in's new entries land on the instance's last page (two entries of
+-- one instance share a seq only at a fork; the hash tells them apart).
 CREATE TABLE entries (
-    hash       TEXT PRIMARY KEY,
     instance   TEXT NOT NULL,
     seq        INTEGER NOT NULL,
+    hash       TEXT NOT NULL,
     prev       TEXT NOT NULL,
     kind       TEXT NOT NULL,
     at         TEXT NOT NULL,
@@ -45,10 +47,9 @@ CREATE TABLE entries (
     branch     INTEGER NOT NULL,
     arrived_at TEXT NOT NULL,
     body       TEXT NOT NULL,
-    sig        TEXT NOT NULL
+    sig        TEXT NOT NULL,
+    PRIMARY KEY (instance, seq, hash)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX entries_by_prev ON entries (instance, prev);
-CREATE INDEX entries_by_branch ON entries (instance, branch, seq);
 
 CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
 BEGIN
@@ -59,14 +60,14 @@ BEGIN
     SELECT RAISE(ABORT, 'vmledger service entries are append-only: DELETE refused');
 END;
 
--- Nonces seen per instance (replay protection), pruned after a retention period.
+-- Nonces seen per instance (replay protection), pruned after a retention period (by a
+-- daily scan: no time index to maintain on every check-in).
 CREATE TABLE nonces (
     instance TEXT NOT NULL,
     nonce    TEXT NOT NULL,
     seen_at  TEXT NOT NULL,
     PRIMARY KEY (instance, nonce)
 ) STRICT, WITHOUT ROWID;
-CREATE INDEX nonces_by_time ON nonces (seen_at);
 
 -- Verdicts and restores with their evidence (JSON).
 CREATE TABLE verdicts (
