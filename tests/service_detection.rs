@@ -76,12 +76,19 @@ impl World {
             .collect()
     }
 
-    /// Every verdict's evidence verifies offline and matches its schema.
+    /// Every verdict's evidence verifies offline and matches its schema; a tampered copy
+    /// does not verify.
     fn evidence_verifies(&self) {
         for v in self.show("SN-1")["verdicts"].as_array().unwrap() {
             validate("evidence", &v["evidence"]);
             vmledger::service::evidence::verify(&v["evidence"])
                 .unwrap_or_else(|e| panic!("{}: {e}", v["id"]));
+            let mut t = v["evidence"].clone();
+            t["trigger"]["entry"]["body"]["at"] = serde_json::json!("2020-01-01T00:00:00.000Z");
+            assert!(
+                vmledger::service::evidence::verify(&t).is_err(),
+                "tampered evidence verified"
+            );
         }
     }
 }

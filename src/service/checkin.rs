@@ -616,3 +616,65 @@ pub fn standing(
     }
     (Status::Active, None, None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[a-z0-9=+/]{0,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("format".to_string()),
+                        Just("body".to_string()),
+                        Just("sig".to_string()),
+                        Just("entries".to_string()),
+                        Just("serial".to_string()),
+                        "[a-z_]{1,12}"
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any bytes: parse never panics, and a refusal is always a 4xx with a message.
+        #[test]
+        fn parse_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(r) = parse(&bytes) {
+                prop_assert!((400..500).contains(&r.status));
+                prop_assert!(!r.body.message.is_empty());
+            }
+        }
+
+        /// Any JSON shape: parse + prepare refuse with a 4xx, never panic.
+        #[test]
+        fn prepare_refuses_arbitrary_json(v in arb_json()) {
+            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            match parse(&bytes) {
+                Ok(req) => {
+                    if let Err(r) = prepare(req) {
+                        prop_assert!((400..500).contains(&r.status));
+                    }
+                }
+                Err(r) => prop_assert!((400..500).contains(&r.status)),
+            }
+        }
+    }
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::store::{InstanceRecord, SerialRecord, StoreError, StoredEntry, Tx, VerdictRecord};
 use crate::keys;
 use crate::ledger::entry::{Body, Entry};
-use crate::rules::{self, EntryRef, SerialVerdict, Verdict};
+use crate::rules::{EntryRef, SerialVerdict, Verdict};
 use crate::time;
 
 /// The `format` of evidence documents.
@@ -247,13 +247,4 @@ pub fn verify(doc: &Value) -> Result<(), EvidenceError> {
 
 fn rules_link(prev: &Body, prev_hash: &str, next: &Body) -> Result<(), String> {
     crate::ledger::entry::check_link(prev, prev_hash, next).map_err(|p| p.to_string())
-}
-
-/// The verdict kind words, re-exported for callers that only read evidence.
-pub fn kind_words() -> [&'static str; 3] {
-    [
-        rules::Kind::Restored.as_str(),
-        rules::Kind::ConcurrentDuplicate.as_str(),
-        rules::Kind::Switching.as_str(),
-    ]
 }
