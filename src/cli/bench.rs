@@ -51,6 +51,10 @@ pub struct Args {
     /// Process id of the service (on this machine): report its CPU time per check-in
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Sign each request when it is sent instead of before the measured phase (the
+    /// generator then competes with the service for the CPU)
+    #[arg(long)]
+    pub live_sign: bool,
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
@@ -72,6 +76,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
         db: a.db,
         seed: a.seed,
         server_pid: a.server_pid,
+        presign: !a.live_sign,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

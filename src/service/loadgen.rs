@@ -47,6 +47,10 @@ pub struct Options {
     pub seed: u64,
     /// The service's process id (same machine): its CPU time is reported too.
     pub server_pid: Option<u32>,
+    /// Open loop: build and sign every request before the measured phase, so that the
+    /// generator's own signing does not compete with the service for the CPU (the
+    /// service still verifies and signs everything while measured).
+    pub presign: bool,
 }
 
 /// Measured figures.
@@ -83,7 +87,17 @@ pub struct Report {
     pub first_error: Option<String>,
 }
 
+/// A request built and signed ahead of time.
+struct Pre {
+    body: Vec<u8>,
+    nonce: String,
+    head_hash: String,
+    /// `entries.len()` once it is acknowledged.
+    acked_len: usize,
+}
+
 struct Sim {
+    queue: std::collections::VecDeque<Pre>,
     serial: String,
     instance: String,
     key: SigningKey,
@@ -119,6 +133,7 @@ impl Sim {
         };
         let g = Entry::seal(body, &key).map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(Sim {
+            queue: std::collections::VecDeque::new(),
             serial,
             instance,
             key,
@@ -153,7 +168,7 @@ impl Sim {
         let e = Entry::seal(body, &self.key).map_err(|e| ClientError::Build(e.to_string()))?;
         self.entries.push(e);
         // Keep memory flat: acknowledged entries are not needed any more.
-        if self.unacked > 64 {
+        if self.unacked > 64 && self.queue.is_empty() {
             let drop = self.unacked - 1;
             self.entries.drain(..drop);
             self.unacked -= drop;
@@ -210,6 +225,87 @@ impl Shared {
     }
 }
 
+/// Build and sign `k` check-ins of `sim` ahead of time, one new entry each.
+fn presign(sim: &mut Sim, k: usize) -> Result<(), ClientError> {
+    for _ in 0..k {
+        let now = time::format_at(SystemClock.now());
+        sim.append("checkin", &now)?;
+        let e = sim
+            .entries
+            .last()
+            .cloned()
+            .ok_or_else(|| ClientError::Build("empty".into()))?;
+        let req = build_request(
+            &sim.serial,
+            &sim.instance,
+            &sim.key,
+            vec![e.clone()],
+            None,
+            &now,
+        )?;
+        sim.queue.push_back(Pre {
+            body: serde_json::to_vec(&req).map_err(|x| ClientError::Build(x.to_string()))?,
+            nonce: req.body.nonce,
+            head_hash: e.hash,
+            acked_len: sim.entries.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Send one pre-signed check-in. Returns true when acknowledged.
+async fn checkin_presigned(shared: &Shared, sim: &mut Sim, pre: Pre) -> Result<bool, ClientError> {
+    let mut conn = shared.take().await?;
+    let addr = format!("{}:{}", shared.endpoint.host, shared.endpoint.port);
+    let result = conn
+        .send("POST", "/v1/checkin", pre.body)
+        .await
+        .and_then(|(status, bytes)| super::client::decode_reply(&addr, status, &bytes));
+    let reply = match result {
+        Ok(r) => {
+            let _ = shared.pool.send(conn).await;
+            r
+        }
+        Err(e) => {
+            if let Ok(c) = Connection::open(&shared.endpoint, None, Duration::from_secs(30)).await {
+                let _ = shared.pool.send(c).await;
+            }
+            return Err(e);
+        }
+    };
+    match reply {
+        Reply::Receipt(r)
+            if r.body.acked_hash == pre.head_hash
+                && r.body.nonce == pre.nonce
+                && r.body.status == Status::Active =>
+        {
+            sim.unacked = pre.acked_len;
+            sim.acked_hash = Some(r.body.acked_hash);
+            shared.ok.fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        }
+        Reply::Receipt(r) => {
+            shared.error(format!(
+                "instance {}: receipt acknowledges {} (status {:?}), expected {}",
+                sim.instance, r.body.acked_hash, r.body.status, pre.head_hash
+            ));
+            sim.queue.clear();
+            Ok(false)
+        }
+        Reply::Refused { status, error } => {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut f) = shared.first_error.lock()
+                && f.is_none()
+            {
+                *f = Some(format!("HTTP {status} {}: {}", error.error, error.message));
+            }
+            // The chain of pre-signed requests is broken: continue signing live.
+            sim.queue.clear();
+            Ok(false)
+        }
+    }
+}
+
 /// One check-in of `sim`. Returns true when acknowledged.
 async fn checkin_once(
     shared: &Shared,
@@ -217,6 +313,9 @@ async fn checkin_once(
     opts: &Options,
     clock: &dyn Clock,
 ) -> Result<bool, ClientError> {
+    if let Some(pre) = sim.queue.pop_front() {
+        return checkin_presigned(shared, sim, pre).await;
+    }
     let now = time::format_at(clock.now());
     if sim.activated {
         sim.append("checkin", &now)?;
@@ -354,6 +453,23 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
     shared.ok.store(0, Ordering::Relaxed);
     shared.refused.store(0, Ordering::Relaxed);
     shared.errors.store(0, Ordering::Relaxed);
+    if opts.presign && opts.rate > 0.0 {
+        let k = (opts.rate * opts.duration.as_secs_f64() / sims.len() as f64).ceil() as usize + 2;
+        let mut handles = Vec::new();
+        let per = sims.len().div_ceil(2);
+        while !sims.is_empty() {
+            let mut part: Vec<Sim> = sims.drain(..per.min(sims.len())).collect();
+            handles.push(tokio::task::spawn_blocking(move || {
+                for s in part.iter_mut() {
+                    presign(s, k)?;
+                }
+                Ok::<_, ClientError>(part)
+            }));
+        }
+        for h in handles {
+            sims.extend(h.await.map_err(|e| ClientError::Build(e.to_string()))??);
+        }
+    }
 
     // Measured phase.
     let cpu_before = (
