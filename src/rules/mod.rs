@@ -36,8 +36,12 @@
 //!      that reported second) is disabled, the primary continues.
 //!    - a fork from history that only disabled branches contain is born disabled (a copy of
 //!      a disabled copy stays disabled; [`Decision::StillDisabled`]).
-//! 3. An entry that extends a superseded branch, observed more than the clock tolerance
-//!    after the supersession (earlier ones are late history: [`Tolerance::LateHistory`]):
+//! 3. An entry that extends a superseded branch is judged unless it is *late history*:
+//!    written (by its `at`) no later than the superseding copy's first entry plus the
+//!    clock tolerance, and delivered with the first report after the supersession (the
+//!    copy's pending tail, e.g. the `checkin` entry it wrote after its last receipt). A
+//!    copy that reports again later is judged whatever its clock says, so holding a clock
+//!    back buys nothing. Judged entries:
 //!    - not a reboot (the old copy kept running): **concurrent_duplicate** (rule
 //!      `3-resumed`): the superseded branch is disabled, the primary continues;
 //!    - a reboot (a `boot` entry, or a kernel boot id other than the one the branch had when
