@@ -210,13 +210,25 @@ impl ServeProc {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn vmledger serve");
         let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-            .unwrap_or_else(|| panic!("no URL in serve's first line: {line:?}"))
-            .to_string();
+        // The first line with a URL: the text line, or the `url` member of `--json`.
+        let mut reader = BufReader::new(stdout);
+        let mut url = None;
+        let mut seen = String::new();
+        for _ in 0..20 {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            seen.push_str(&line);
+            if let Some(w) = line
+                .split(|c: char| c.is_whitespace() || c == '"')
+                .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            {
+                url = Some(w.trim_end_matches(',').to_string());
+                break;
+            }
+        }
+        let url = url.unwrap_or_else(|| panic!("no URL in serve's output: {seen:?}"));
         ServeProc { child, url }
     }
 
