@@ -49,6 +49,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives as soon as the address is announced must
+        // already mean "shut down gracefully", not the default "die".
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -65,19 +70,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             tls,
             alerts: !args.no_alerts,
         };
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => std::future::pending::<()>().await,
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         };
         service::launch(listener, config, shutdown).await?;
