@@ -124,3 +124,30 @@ impl Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_table_parses_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[server]\nclock_tolerance_minutes = 15\nalert_days = [7, 30]\nrate_burst = 12\n[server.smtp]\nhost = \"mail\"\nstarttls = true\n",
+        )
+        .unwrap();
+        let f = crate::config::read_file(&p).unwrap();
+        let s = Settings::from_section(&f.server);
+        assert_eq!(s.thresholds.clock_tolerance, Duration::minutes(15));
+        assert_eq!(s.thresholds.restore_warn, 2);
+        assert_eq!(s.alert_days, vec![30, 7]);
+        assert_eq!(s.rate_burst, 12);
+        assert_eq!(s.activation_limit, 2);
+        assert!(s.smtp.as_ref().unwrap().starttls);
+        std::fs::write(&p, "[server]\nrate_brust = 3\n").unwrap();
+        let err = crate::config::read_file(&p).unwrap_err().to_string();
+        assert!(err.contains("rate_brust"), "{err}");
+    }
+}
