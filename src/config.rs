@@ -45,6 +45,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "VMLEDGER_SLA_GRACE_DAYS",
         "days from SLA end to permanent disable ([license] sla_grace_days)",
     ),
+    (
+        "VMLEDGER_DB",
+        "licensing service database (same as --db; [server] db)",
+    ),
 ];
 
 /// Errors while locating or reading the configuration.
@@ -87,6 +91,9 @@ pub struct FileConfig {
     pub hardware: HardwareSection,
     #[serde(default)]
     pub fingerprint: FingerprintSection,
+    /// `[server]`: the licensing service (`vmledger serve`, `service`, `admin`).
+    #[serde(default)]
+    pub server: crate::service::ServerSection,
 }
 
 /// `[watch]`: configuration paths `vmledger watch` guards while locked.
@@ -186,6 +193,8 @@ pub struct Config {
     pub watch: WatchSection,
     pub hardware: Hardware,
     pub fingerprint: Fingerprinting,
+    /// The licensing service's settings, as written (defaults applied by the service).
+    pub server: crate::service::ServerSection,
 }
 
 /// License countdown settings with defaults applied.
@@ -305,6 +314,7 @@ impl Config {
             watch: file.watch.clone(),
             hardware,
             fingerprint,
+            server: file.server,
         })
     }
 }

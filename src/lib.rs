@@ -18,5 +18,7 @@ pub mod keys;
 pub mod ledger;
 pub mod license;
 pub mod protocol;
+pub mod rules;
+pub mod service;
 pub mod time;
 pub mod watch;

@@ -5,6 +5,8 @@
 //! by default, exactly one JSON document on stdout with `--json`. Nothing below `cli/`
 //! prints or exits.
 
+mod admin;
+mod bench;
 mod boot;
 mod checkin;
 pub mod diff;
@@ -19,6 +21,8 @@ mod gate;
 mod init;
 mod ledger;
 mod output;
+mod serve;
+mod service;
 mod status;
 mod watch;
 
@@ -85,6 +89,17 @@ pub enum Command {
     Gate(gate::Args),
     /// Record (and with --restore undo) changes to configuration paths while locked
     Watch(watch::Args),
+    /// Run the licensing service (HTTP API) until SIGTERM
+    Serve(serve::Args),
+    /// Create the licensing service's database and key
+    #[command(subcommand)]
+    Service(service::Command),
+    /// The vendor's operations on the service database: SLAs, inspection, overrides
+    #[command(subcommand)]
+    Admin(admin::Command),
+    /// Load generators that measure the service
+    #[command(subcommand)]
+    Bench(bench::Command),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -121,6 +136,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Checkin(a) => checkin::run(&ctx, a),
         Command::Gate(a) => gate::run(&ctx, a),
         Command::Watch(a) => watch::run(&ctx, a),
+        Command::Serve(a) => serve::run(&ctx, a),
+        Command::Service(c) => service::run(&ctx, c),
+        Command::Admin(c) => admin::run(&ctx, c),
+        Command::Bench(c) => bench::run(&ctx, c),
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod schemas;
+pub mod service;
 
 use std::ffi::OsStr;
 use std::io::Write;
