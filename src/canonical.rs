@@ -51,8 +51,9 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
                 });
             }
         },
-        Value::String(s) => serde_json::to_writer(&mut *out, s)
-            .map_err(|e| CanonError::Serialise(e.to_string()))?,
+        Value::String(s) => {
+            serde_json::to_writer(&mut *out, s).map_err(|e| CanonError::Serialise(e.to_string()))?
+        }
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -67,7 +68,10 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
             // The map iterates in UTF-8 (code point) order; only names with characters
             // beyond the BMP can sort differently by UTF-16 code units.
-            if members.iter().any(|(k, _)| k.chars().any(|c| c > '\u{ffff}')) {
+            if members
+                .iter()
+                .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
+            {
                 members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
             }
             out.push(b'{');

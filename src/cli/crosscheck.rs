@@ -59,9 +59,10 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<Exit> {
         timelines: a.html.is_some(),
     };
     let mut html = match &a.html {
-        Some(p) => Some(HtmlSink::new(BufWriter::new(File::create(p).with_context(
-            || format!("cannot create the HTML report {}", p.display()),
-        )?))),
+        Some(p) => Some(HtmlSink::new(BufWriter::new(
+            File::create(p)
+                .with_context(|| format!("cannot create the HTML report {}", p.display()))?,
+        ))),
         None => None,
     };
     let out = BufWriter::new(std::io::stdout().lock());

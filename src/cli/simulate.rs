@@ -67,7 +67,9 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<Exit> {
         return Ok(Exit::from_bool(s.perfect()));
     }
     let (Some(n), Some(days), Some(out)) = (a.instances, a.days, a.out) else {
-        anyhow::bail!("simulate needs --instances N, --days D and --out DIR (or the `score` subcommand)");
+        anyhow::bail!(
+            "simulate needs --instances N, --days D and --out DIR (or the `score` subcommand)"
+        );
     };
     let start = crate::time::parse_rfc3339(&a.start)
         .map(crate::time::truncate_ms)
@@ -80,7 +82,11 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<Exit> {
         out: out.clone(),
     };
     let labels = simulate::run(&opts)?;
-    let flagged = labels.instances.iter().filter(|i| i.expected.flagged()).count();
+    let flagged = labels
+        .instances
+        .iter()
+        .filter(|i| i.expected.flagged())
+        .count();
     let doc = serde_json::json!({
         "format": "vmledger-simulate/v1",
         "out": out.display().to_string(),

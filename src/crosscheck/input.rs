@@ -405,7 +405,11 @@ mod tests {
             ),
         );
         assert_eq!(read_header(&late, Limits::default()).unwrap().serial, None);
-        let other = write(d.path(), "c.json", r#"{"format":"vmledger-simulate-labels/v1","x":1}"#);
+        let other = write(
+            d.path(),
+            "c.json",
+            r#"{"format":"vmledger-simulate-labels/v1","x":1}"#,
+        );
         assert!(matches!(
             read_header(&other, Limits::default()),
             Err(Refused::OtherDocument(_))

@@ -174,13 +174,12 @@ impl Judged {
                     );
                 }
                 Ok(b) => bundles.push((i, b)),
-                Err(r) => {
-                    self.unreadable.push(FileNote {
-                        path: f.path.display().to_string(),
-                        reason: r.to_string(),
-                    });
-                    self.load_problem(Some(f), None, r.to_string());
-                }
+                // Reported with the unreadable files (exit 2), not as a problem of the
+                // instance's ledger: the rest of its exports is judged as usual.
+                Err(r) => self.unreadable.push(FileNote {
+                    path: f.path.display().to_string(),
+                    reason: r.to_string(),
+                }),
             }
         }
         // The key comes from the one genesis entry.
@@ -197,7 +196,8 @@ impl Judged {
         }
         let genesis = match geneses.len() {
             0 => {
-                self.report.entries_read = bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
+                self.report.entries_read =
+                    bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
                 if !bundles.is_empty() {
                     self.load_problem(
                         None,
@@ -212,7 +212,8 @@ impl Judged {
             }
             1 => geneses.pop().map(|(_, g)| g),
             n => {
-                self.report.entries_read = bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
+                self.report.entries_read =
+                    bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
                 self.load_problem(
                     None,
                     None,
@@ -640,7 +641,11 @@ impl Judged {
         let r = &mut self.report;
         let mut problems = self.load_problems.clone();
         for (i, p) in problems.iter_mut().enumerate() {
-            p.excluded += self.excluded_under.get(&Root::Load(i)).copied().unwrap_or(0);
+            p.excluded += self
+                .excluded_under
+                .get(&Root::Load(i))
+                .copied()
+                .unwrap_or(0);
         }
         for (i, it) in self.items.iter().enumerate() {
             if let Some(reason) = &it.bad {

@@ -274,7 +274,11 @@ pub fn run(opts: &Options) -> Result<Labels, SimError> {
         let a = r?;
         *labels.scenarios.entry(a.scenario).or_default() += 1;
         labels.files += a.files;
-        labels.entries += a.instances.iter().map(|i| i.behaviours.entries).sum::<u64>();
+        labels.entries += a
+            .instances
+            .iter()
+            .map(|i| i.behaviours.entries)
+            .sum::<u64>();
         let expected = a
             .instances
             .iter()
@@ -408,7 +412,9 @@ struct Sim<'a> {
 
 fn simulate_one(opts: &Options, index: u32) -> Result<Appliance, SimError> {
     let mut rng = ChaCha8Rng::from_seed(derive(opts.seed, "appliance", u64::from(index), 0));
-    let scenario = if (index as usize) < Scenario::ALL.len() && opts.appliances as usize >= 2 * Scenario::ALL.len() {
+    let scenario = if (index as usize) < Scenario::ALL.len()
+        && opts.appliances as usize >= 2 * Scenario::ALL.len()
+    {
         Scenario::ALL[index as usize]
     } else {
         let mut pick = rng.random_range(0..1000u32);
@@ -436,7 +442,10 @@ fn simulate_one(opts: &Options, index: u32) -> Result<Appliance, SimError> {
         events: Vec::new(),
         outages: Vec::new(),
         files: 0,
-        dir: opts.out.join("exports").join(format!("{:04}", index / 1000)),
+        dir: opts
+            .out
+            .join("exports")
+            .join(format!("{:04}", index / 1000)),
     };
     std::fs::create_dir_all(&sim.dir).map_err(|source| SimError::Write {
         path: sim.dir.display().to_string(),
@@ -859,13 +868,18 @@ impl Sim<'_> {
 
     fn clock(&self, c: usize, t: i64) -> i64 {
         let cp = &self.copies[c];
-        let rtc = if t < cp.rtc_until { cp.rtc_offset_ms } else { 0 };
+        let rtc = if t < cp.rtc_until {
+            cp.rtc_offset_ms
+        } else {
+            0
+        };
         t + cp.offset_ms + rtc
     }
 
     fn seal(&mut self, c: usize, body: Body) -> Result<(), SimError> {
         let inst = self.copies[c].inst;
-        let e = Entry::seal(body, &self.installs[inst].key).map_err(|p| SimError::Seal(p.to_string()))?;
+        let e = Entry::seal(body, &self.installs[inst].key)
+            .map_err(|p| SimError::Seal(p.to_string()))?;
         let stats = &mut self.installs[inst].stats;
         match e.body.kind.as_str() {
             "boot" => stats.boots += 1,
@@ -899,7 +913,13 @@ impl Sim<'_> {
 
     /// Append like the agent: `at` never runs backwards; a clock more than 5 minutes
     /// behind the ledger first records a `clock_anomaly`.
-    fn append(&mut self, c: usize, t: i64, kind: &str, data: Map<String, Value>) -> Result<(), SimError> {
+    fn append(
+        &mut self,
+        c: usize,
+        t: i64,
+        kind: &str,
+        data: Map<String, Value>,
+    ) -> Result<(), SimError> {
         let clock = self.clock(c, t);
         let head = self.copies[c].head_ms;
         let lagging = clock + 5 * MIN < head;
@@ -921,7 +941,14 @@ impl Sim<'_> {
     fn new_boot_id(&mut self) -> String {
         let b: [u8; 16] = self.rng.random();
         let h = hex(&b);
-        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
     }
 
     fn genesis(&mut self, c: usize, t: i64) -> Result<(), SimError> {
@@ -930,7 +957,10 @@ impl Sim<'_> {
         let inst = self.copies[c].inst;
         let mut d = Map::new();
         d.insert("serial".into(), json!(self.serial));
-        d.insert("public_key".into(), json!(self.installs[inst].key.public_key_b64()));
+        d.insert(
+            "public_key".into(),
+            json!(self.installs[inst].key.public_key_b64()),
+        );
         let clock = self.clock(c, t);
         let b = self.body(c, t, clock, "genesis", d);
         self.seal(c, b)
@@ -954,11 +984,21 @@ impl Sim<'_> {
             .map(|(i, (n, class))| {
                 // Component i changes at hardware change i (mod 8).
                 let run_gen = (cp.hw_digest_gen + 8 - i as u32) / 8;
-                let d = derive(self.opts.seed, n, u64::from(self.index) << 8 | cp.inst as u64, u64::from(run_gen));
+                let d = derive(
+                    self.opts.seed,
+                    n,
+                    u64::from(self.index) << 8 | cp.inst as u64,
+                    u64::from(run_gen),
+                );
                 json!({"name": n, "class": class, "digest": hex(&d)})
             })
             .collect();
-        let digest = hex(&derive(self.opts.seed, "hw", u64::from(self.index), u64::from(cp.hw_digest_gen)));
+        let digest = hex(&derive(
+            self.opts.seed,
+            "hw",
+            u64::from(self.index),
+            u64::from(cp.hw_digest_gen),
+        ));
         json!({"digest": digest, "components": comps})
     }
 
@@ -1034,7 +1074,10 @@ impl Sim<'_> {
                 json!("cannot reach https://license.vendor.example/v1/checkin: connection timed out after 5 s"),
             );
             d.insert("via".into(), json!("network"));
-            d.insert("url".into(), json!("https://license.vendor.example/v1/checkin"));
+            d.insert(
+                "url".into(),
+                json!("https://license.vendor.example/v1/checkin"),
+            );
             self.append(c, t, "checkin_failed", d)?;
             let deadline = self.copies[c].deadline.unwrap_or(t);
             if t > deadline && !self.copies[c].countdown {
@@ -1064,7 +1107,10 @@ impl Sim<'_> {
             d.insert("reason".into(), json!("checkin_ok"));
             self.append(c, t, "countdown_cleared", d)?;
         }
-        let head = self.copies[c].entries.last().map(|e| (e.body.seq, e.hash.clone()));
+        let head = self.copies[c]
+            .entries
+            .last()
+            .map(|e| (e.body.seq, e.hash.clone()));
         let (receipt, nonce): ([u8; 32], [u8; 16]) = (self.rng.random(), self.rng.random());
         let mut d = Map::new();
         d.insert("receipt".into(), json!(hex(&receipt)));
@@ -1092,7 +1138,11 @@ impl Sim<'_> {
         let entries: Vec<Entry> = match kind {
             ExportKind::Tail => {
                 let from = cp.exported_seq.map_or(0, |s| s + 1);
-                cp.entries.iter().filter(|e| e.body.seq >= from).cloned().collect()
+                cp.entries
+                    .iter()
+                    .filter(|e| e.body.seq >= from)
+                    .cloned()
+                    .collect()
             }
             _ => cp.entries.clone(),
         };
@@ -1123,7 +1173,12 @@ impl Sim<'_> {
                     }
                 }
                 Tamper::TipSignature => {
-                    let other = SigningKey::from_seed(&derive(self.opts.seed, "forger", u64::from(self.index), 0));
+                    let other = SigningKey::from_seed(&derive(
+                        self.opts.seed,
+                        "forger",
+                        u64::from(self.index),
+                        0,
+                    ));
                     if let Some(e) = bundle.entries.last_mut()
                         && let Ok(m) = e.body.message()
                     {
@@ -1136,7 +1191,12 @@ impl Sim<'_> {
                     }
                 }
                 Tamper::ForeignKeyBundle => {
-                    let other = SigningKey::from_seed(&derive(self.opts.seed, "forger", u64::from(self.index), 1));
+                    let other = SigningKey::from_seed(&derive(
+                        self.opts.seed,
+                        "forger",
+                        u64::from(self.index),
+                        1,
+                    ));
                     let mut b2 = bundle.clone();
                     b2.public_key = other.public_key_b64();
                     b2.entries = b2.entries.split_off(mid.min(n));
