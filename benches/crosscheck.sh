@@ -5,18 +5,27 @@
 # rate measured in the same run (ring, one core, `cargo bench --bench ledger`'s peer).
 #
 #   benches/crosscheck.sh [MAX_MILLIONS]    (default 10; 1, 3 and 10 are run when <= MAX)
+#   SIZES="1 3 10" FLEET=DIR benches/crosscheck.sh   (judge the first 1, 3, 10 directories
+#                                                    of an existing simulated fleet)
 #
-# The fleet (about 110 distinct entries per appliance over 100 days) is generated once
-# under target/bench-fleets/scale and reused; subsets are its first directories of 1,000
-# appliances each.
+# The fleet (about 110 distinct entries per appliance over 90 days, ~1.1 KB each on disk)
+# is generated once under target/bench-fleets/scale and reused; subsets are its first
+# directories of 1,000 appliances (~110,000 entries) each. Generation refuses to start
+# when the disk lacks the space (10M entries need ~11 GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAX=${1:-10}
 cargo build --release --quiet
 BIN=target/release/vmledger
-DIR=target/bench-fleets/scale
+DIR=${FLEET:-target/bench-fleets/scale}
 APPL=$(( MAX * 1000000 / 100 ))
-if [ ! -f "$DIR/labels.json" ] || [ "$(jq -r .appliances "$DIR/labels.json" 2>/dev/null || echo 0)" -lt "$APPL" ]; then
+need_kb=$(( MAX * 1100000 ))
+free_kb=$(df -Pk "$(dirname "$DIR")" 2>/dev/null | awk 'NR==2 {print $4}' || echo 0)
+if [ -z "${FLEET:-}" ] && [ ! -f "$DIR/labels.json" ] && [ "${free_kb:-0}" -lt "$need_kb" ]; then
+  echo "benches/crosscheck.sh: a ${MAX}M-entry fleet needs ~$((need_kb / 1048576)) GiB, the disk has $((free_kb / 1048576)) GiB free; run with a smaller MAX or FLEET=DIR" >&2
+  exit 2
+fi
+if [ -z "${FLEET:-}" ] && { [ ! -f "$DIR/labels.json" ] || [ "$(jq -r .appliances "$DIR/labels.json" 2>/dev/null || echo 0)" -lt "$APPL" ]; }; then
   rm -rf "$DIR"
   echo "generating $APPL appliances x 90 days into $DIR (once) ..." >&2
   /usr/bin/time -f "simulate: %e s wall" "$BIN" simulate --instances "$APPL" --days 90 --seed 42 --out "$DIR" >&2
@@ -39,13 +48,19 @@ run() { # name, dirs...
   rm -f "$t" "$t.json" "$t.time"
 }
 dirs() { local n=$1; for i in $(seq 0 $((n - 1))); do printf "%s/exports/%04d " "$DIR" "$i"; done; }
-for m in 1 3 10; do
-  [ "$m" -le "$MAX" ] || continue
-  run "${m}M" $(dirs $((m * 10)))
-done
+if [ -n "${SIZES:-}" ]; then
+  for n in $SIZES; do run "${n} dirs" $(dirs "$n"); done
+  FULL_DIRS=$(echo "$SIZES" | awk '{print $NF}')
+else
+  for m in 1 3 10; do
+    [ "$m" -le "$MAX" ] || continue
+    run "${m}M" $(dirs $((m * 10)))
+  done
+  FULL_DIRS=10
+fi
 # --full against bare Ed25519 verification, same run, on the 1M subset.
 ed=$(cargo bench --quiet --bench verify_rate 2>/dev/null | grep -o 'rate: [0-9]*' | cut -d' ' -f2)
-run "1M --full" --full $(dirs 10)
+run "--full" --full $(dirs "$FULL_DIRS")
 full=$(cat /tmp/crosscheck-last-rate 2>/dev/null || echo 0)
 awk -v ed="$ed" -v f="$full" 'BEGIN { printf "bare ring Ed25519 verify, 1 core, same run: %d/s; --full judged %d entries/s wall = %.2fx the single-core verify rate\n", ed, f, f/ed }'
 
