@@ -32,11 +32,7 @@ fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), String> {
     loop {
         let (in_pos, out_pos) = (d.total_in() as usize, d.total_out() as usize);
         status = d
-            .decompress(
-                &input[in_pos..],
-                &mut out[out_pos..],
-                FlushDecompress::Finish,
-            )
+            .decompress(&input[in_pos..], &mut out[out_pos..], FlushDecompress::None)
             .map_err(|e| format!("the deflate data is corrupt ({e})"))?;
         let produced = d.total_out() as usize;
         if produced == out.len() {
@@ -58,7 +54,8 @@ fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), String> {
     if status != Status::StreamEnd {
         let in_pos = d.total_in() as usize;
         let mut extra = [0u8; 1];
-        if let Ok(_) = d.decompress(&input[in_pos..], &mut extra, FlushDecompress::Finish)
+        // Bytes that do not even decode after a full cluster are ignored, as QEMU does.
+        if let Ok(_) = d.decompress(&input[in_pos..], &mut extra, FlushDecompress::None)
             && d.total_out() as usize > out.len()
         {
             return Err(format!(

@@ -421,12 +421,12 @@ mod tests {
         let p = dir.path().join("m.json");
         let mut m = sample();
         m.chunks[1] = [3u8; 32];
-        m.write(&p).unwrap();
+        std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
         let e = Manifest::read(&p).unwrap_err().to_string();
         assert!(e.contains("do not hash to its content_root"), "{e}");
         let mut m = sample();
         m.virtual_size = 3 * CHUNK_SIZE;
-        m.write(&p).unwrap();
+        std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
         let e = Manifest::read(&p).unwrap_err().to_string();
         assert!(e.contains("3 chunks"), "{e}");
     }
