@@ -3,6 +3,8 @@
 //! what it printed.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
