@@ -60,7 +60,9 @@ pub fn qemu_io_in(dir: &Path, path: &Path, fmt: &str, cmds: &[&str]) {
     );
 }
 
-/// `qemu-img compare A B`: `None` when identical, else the first differing offset.
+/// `qemu-img compare [-s] A B`: `None` when identical, `Some(offset)` for a content
+/// mismatch at `offset`, `Some(u64::MAX)` for a difference without an offset (strict
+/// mode's size mismatch).
 pub fn qemu_compare(a: &Path, b: &Path, strict: bool) -> Option<u64> {
     let mut c = Command::new("qemu-img");
     c.arg("compare");
@@ -72,11 +74,17 @@ pub fn qemu_compare(a: &Path, b: &Path, strict: bool) -> Option<u64> {
     match out.status.code() {
         Some(0) => None,
         Some(1) => {
-            let at = text.split("offset ").nth(1).and_then(|s| {
-                s.trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .parse()
-                    .ok()
-            });
+            if text.contains("size mismatch") {
+                return Some(u64::MAX);
+            }
+            let at = text
+                .split("Content mismatch at offset ")
+                .nth(1)
+                .and_then(|s| {
+                    s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                });
             Some(at.unwrap_or_else(|| panic!("no offset in qemu-img compare output: {text}")))
         }
         other => panic!(
@@ -276,4 +284,32 @@ pub fn mini_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) {
     f.write_all(&h).expect("write header");
     f.seek(SeekFrom::Start(3 * cs)).expect("seek");
     f.set_len(3 * cs).expect("set_len");
+}
+
+/// Validate `doc` against `schemas/<name>.schema.json` (every schema in `schemas/` is
+/// registered by its `$id`, so references between them resolve offline).
+pub fn assert_schema(name: &str, doc: &serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let load = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).expect("read schema")).expect("schema JSON")
+    };
+    let mut opts = jsonschema::options();
+    for entry in std::fs::read_dir(&dir).expect("schemas dir") {
+        let p = entry.expect("dir entry").path();
+        if p.extension().is_some_and(|e| e == "json") {
+            let s = load(&p);
+            let id = s["$id"].as_str().expect("$id").to_string();
+            opts = opts.with_resource(
+                id,
+                jsonschema::Resource::from_contents(s).expect("resource"),
+            );
+        }
+    }
+    let schema = load(&dir.join(format!("{name}.schema.json")));
+    let v = opts.build(&schema).expect("compile schema");
+    let errors: Vec<String> = v.iter_errors(doc).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{name} schema violations: {errors:?}\n{doc:#}"
+    );
 }
