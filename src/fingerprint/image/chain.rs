@@ -136,6 +136,19 @@ impl Chain {
                             ),
                         });
                     }
+                    let declared = match backing_format.as_deref() {
+                        Some("raw") => Some(ImageFormat::Raw),
+                        Some("qcow2") => Some(ImageFormat::Qcow2),
+                        Some(other) => {
+                            return Err(ImageError::Unsupported {
+                                path: file.path.clone(),
+                                what: format!(
+                                    "a backing file in `{other}` format (vmledger reads raw and qcow2)"
+                                ),
+                            });
+                        }
+                        None => None,
+                    };
                     let next = resolve(&file.path, &name, "backing file")?;
                     let opened = ImageFile::open(&next).map_err(|e| ImageError::Backing {
                         path: file.path.clone(),
@@ -150,17 +163,8 @@ impl Chain {
                             ),
                         });
                     }
-                    fmt = match backing_format.as_deref() {
-                        Some("raw") => ImageFormat::Raw,
-                        Some("qcow2") => ImageFormat::Qcow2,
-                        Some(other) => {
-                            return Err(ImageError::Unsupported {
-                                path: file.path.clone(),
-                                what: format!(
-                                    "a backing file in `{other}` format (vmledger reads raw and qcow2)"
-                                ),
-                            });
-                        }
+                    fmt = match declared {
+                        Some(f) => f,
                         None => match source::sniff(&opened, false)? {
                             Sniffed::Qcow2 => ImageFormat::Qcow2,
                             Sniffed::Raw => ImageFormat::Raw,
