@@ -56,9 +56,14 @@ pub struct Args {
     pub threads: usize,
 }
 
+/// How long an image may take before its progress bar appears; the environment variable
+/// `VMLEDGER_PROGRESS_DELAY_MS` overrides it (tests set 0).
+const PROGRESS_DELAY: Duration = Duration::from_secs(1);
+
 /// A progress bar on stderr that appears only once an image has taken about a second.
 pub struct ProgressUi {
     started: Instant,
+    delay: Duration,
     label: String,
     bar: OnceLock<ProgressBar>,
 }
@@ -70,15 +75,20 @@ impl ProgressUi {
         if ctx.out.json || !std::io::stderr().is_terminal() {
             return None;
         }
+        let delay = std::env::var("VMLEDGER_PROGRESS_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(PROGRESS_DELAY, Duration::from_millis);
         Some(ProgressUi {
             started: Instant::now(),
+            delay,
             label: label.display().to_string(),
             bar: OnceLock::new(),
         })
     }
 
     pub fn update(&self, p: Progress) {
-        if self.bar.get().is_none() && self.started.elapsed() < Duration::from_secs(1) {
+        if self.bar.get().is_none() && self.started.elapsed() < self.delay {
             return;
         }
         let bar = self.bar.get_or_init(|| {
