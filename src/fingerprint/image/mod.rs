@@ -41,6 +41,7 @@ use sha2::{Digest as _, Sha256};
 pub use diff::{ByteRange, differing_ranges};
 pub use error::ImageError;
 pub use manifest::{MANIFEST_FORMAT, Manifest};
+pub use map::Compression;
 
 /// Chunk size of the content root: 4 MiB.
 pub const CHUNK_SIZE: u64 = 4 << 20;
