@@ -290,3 +290,47 @@ fn resolve(overlay: &Path, name: &[u8], what: &str) -> Result<PathBuf, ImageErro
     let dir = overlay.parent().unwrap_or(Path::new(""));
     Ok(dir.join(p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_names_resolve_against_the_overlay_directory() {
+        let o = Path::new("/images/vm/overlay.qcow2");
+        assert_eq!(
+            resolve(o, b"base.qcow2", "backing file").unwrap(),
+            Path::new("/images/vm/base.qcow2")
+        );
+        assert_eq!(
+            resolve(o, b"../base.raw", "backing file").unwrap(),
+            Path::new("/images/vm/../base.raw")
+        );
+        assert_eq!(
+            resolve(o, b"/abs/base", "backing file").unwrap(),
+            Path::new("/abs/base")
+        );
+        assert_eq!(
+            resolve(o, b"file:/abs/base", "backing file").unwrap(),
+            Path::new("/abs/base")
+        );
+        assert_eq!(
+            resolve(Path::new("overlay.qcow2"), b"base", "backing file").unwrap(),
+            Path::new("base")
+        );
+        // A colon alone does not make a protocol.
+        assert_eq!(
+            resolve(o, b"disk:2.raw", "backing file").unwrap(),
+            Path::new("/images/vm/disk:2.raw")
+        );
+        for bad in [
+            &b"json:{}"[..],
+            b"nbd:localhost:10809",
+            b"http://example.invalid/x",
+            b"a\0b",
+        ] {
+            let e = resolve(o, bad, "backing file").unwrap_err().to_string();
+            assert!(e.contains("overlay.qcow2"), "{e}");
+        }
+    }
+}

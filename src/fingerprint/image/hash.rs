@@ -4,10 +4,12 @@
 //! fills a chunk buffer from the chain's extents (zeros, positioned reads of data, and the
 //! compressed bytes of compressed clusters); so files are read sequentially, which suits a
 //! spinning disk. Hasher threads decompress those clusters into a fixed cluster buffer and
-//! SHA-256 the chunk. A chunk that is all zeros (holes, zero or unallocated clusters) is
-//! not read or hashed at all: its digest is computed once per length and reused.
+//! SHA-256 the chunk; when every buffer is busy the reader hashes a queued chunk itself
+//! instead of waiting (on a loaded machine this keeps the pipeline full). A chunk that is
+//! all zeros (holes, zero or unallocated clusters) is not read or hashed at all: its
+//! digest is computed once per length and reused.
 //!
-//! Memory is bounded by the pool: `threads + 2` chunk buffers (4 MiB each, plus the
+//! Memory is bounded by the pool: `2 * threads + 2` chunk buffers (4 MiB each, plus the
 //! compressed bytes of one chunk), a cluster buffer per hasher, and the digests of the few
 //! chunks that finish out of order. Digests leave in guest order through a callback.
 
@@ -81,7 +83,8 @@ pub fn hash_chain(
         f.advise_sequential();
     }
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    let (job_tx, job_rx) = sync_channel::<Job>(threads + 2);
+    let pool = 2 * threads + 2;
+    let (job_tx, job_rx) = sync_channel::<Job>(pool);
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = channel::<Done>();
 
@@ -103,11 +106,13 @@ pub fn hash_chain(
             pending: BTreeMap::new(),
             zero: HashMap::new(),
             allocated: 0,
-            free: (0..threads + 2).map(|_| Job::default()).collect(),
+            free: (0..pool).map(|_| Job::default()).collect(),
             in_flight: 0,
             extents: Vec::new(),
+            cluster_buf: Vec::new(),
+            paths: &paths,
         };
-        let result = state.run(chunks, &job_tx, &done_rx);
+        let result = state.run(chunks, &job_tx, &job_rx, &done_rx);
         drop(job_tx);
         // Let the hashers finish what they hold before the scope joins them.
         while state.in_flight > 0 {
@@ -138,6 +143,8 @@ struct Reader<'a, 'b> {
     free: Vec<Job>,
     in_flight: usize,
     extents: Vec<Extent>,
+    cluster_buf: Vec<u8>,
+    paths: &'a [PathBuf],
 }
 
 impl Reader<'_, '_> {
@@ -145,6 +152,7 @@ impl Reader<'_, '_> {
         &mut self,
         chunks: u64,
         job_tx: &std::sync::mpsc::SyncSender<Job>,
+        job_rx: &Mutex<Receiver<Job>>,
         done_rx: &Receiver<Done>,
     ) -> Result<(), ImageError> {
         for index in 0..chunks {
@@ -164,6 +172,13 @@ impl Reader<'_, '_> {
             let mut job = loop {
                 if let Some(job) = self.free.pop() {
                     break job;
+                }
+                // Every buffer is busy: rather than wait, hash a queued chunk here (on a
+                // loaded machine this keeps the pipeline full), else wait for one.
+                if let Some(job) = steal(job_rx) {
+                    let done = process(job, &mut self.cluster_buf, &self.paths);
+                    self.finish(done)?;
+                    continue;
                 }
                 self.receive(done_rx)?;
             };
@@ -275,6 +290,11 @@ impl Reader<'_, '_> {
     }
 }
 
+/// A queued job, if one is waiting and no hasher holds the queue.
+fn steal(jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
+    jobs.try_lock().ok()?.try_recv().ok()
+}
+
 fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
     let mut cluster_buf: Vec<u8> = Vec::new();
     loop {
@@ -282,40 +302,40 @@ fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(mut job) = job else { return };
-        let mut result = Ok(());
-        for p in &job.pieces {
-            cluster_buf.resize(p.cluster, 0);
-            if let Err(problem) =
-                decompress_cluster(p.algo, &job.comp[p.src.clone()], &mut cluster_buf)
-            {
-                result = Err(ImageError::malformed(
-                    &paths[p.file],
-                    format!(
-                        "the compressed cluster for guest offset {:#x} (at {:#x}, {} bytes, {}) is bad: {problem}",
-                        p.guest,
-                        p.host,
-                        p.src.len(),
-                        match p.algo {
-                            Compression::Deflate => "deflate",
-                            Compression::Zstd => "zstd",
-                        }
-                    ),
-                ));
-                break;
-            }
-            job.buf[p.dst..p.dst + p.len].copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
-        }
-        let result = result.map(|()| Sha256::digest(&job.buf[..job.len]).into());
-        if done
-            .send(Done {
-                index: job.index,
-                result,
-                job,
-            })
-            .is_err()
-        {
+        let Ok(job) = job else { return };
+        if done.send(process(job, &mut cluster_buf, paths)).is_err() {
             return;
         }
+    }
+}
+
+/// Decompress a job's compressed clusters into its buffer and hash it.
+fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
+    let mut result = Ok(());
+    for p in &job.pieces {
+        cluster_buf.resize(p.cluster, 0);
+        if let Err(problem) = decompress_cluster(p.algo, &job.comp[p.src.clone()], cluster_buf) {
+            result = Err(ImageError::malformed(
+                &paths[p.file],
+                format!(
+                    "the compressed cluster for guest offset {:#x} (at {:#x}, {} bytes, {}) is bad: {problem}",
+                    p.guest,
+                    p.host,
+                    p.src.len(),
+                    match p.algo {
+                        Compression::Deflate => "deflate",
+                        Compression::Zstd => "zstd",
+                    }
+                ),
+            ));
+            break;
+        }
+        job.buf[p.dst..p.dst + p.len].copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
+    }
+    let result = result.map(|()| Sha256::digest(&job.buf[..job.len]).into());
+    Done {
+        index: job.index,
+        result,
+        job,
     }
 }

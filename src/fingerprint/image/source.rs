@@ -160,7 +160,7 @@ pub fn sniff(f: &ImageFile, strict: bool) -> Result<Sniffed, ImageError> {
     }
     let text = head.iter().position(|b| !b.is_ascii_whitespace());
     if let Some(i) = text
-        && head[i] == b'{'
+        && (head[i] == b'{' || head[i] == b'[')
         && (contains(head, b"\"vmledger-") || contains(head, b"\"format\""))
     {
         return Err(not(
