@@ -176,7 +176,7 @@ impl Reader<'_, '_> {
                 // Every buffer is busy: rather than wait, hash a queued chunk here (on a
                 // loaded machine this keeps the pipeline full), else wait for one.
                 if let Some(job) = steal(job_rx) {
-                    let done = process(job, &mut self.cluster_buf, &self.paths);
+                    let done = process(job, &mut self.cluster_buf, self.paths);
                     self.finish(done)?;
                     continue;
                 }
