@@ -92,7 +92,7 @@ limit() {
   openssl speed -multi "$NPROC" -seconds 2 -bytes 4194304 -evp sha256 2>/dev/null |
     awk '/^sha256 /{ sub(/k$/, "", $2); printf "%.6f\n", $2 * 1000 / 1e9 }'
 }
-echo "== $ROUNDS interleaved rounds"
+echo "== $ROUNDS interleaved rounds (load before: $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews absolute figures, not the side-by-side ratios as much)"
 for r in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     read -r -a argv <<<"${CMD[$name]}"
@@ -122,6 +122,7 @@ kb=$(/usr/bin/time -v "$BIN" fingerprint image --manifest m.tmp.json r2g.raw 2>&
 echo "manifest2g $kb" >>"$MEM"
 rm -f m.tmp.json
 
+echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$TIMES" "$MEM" "$NPROC" <<'EOF'
 import sys, statistics
 from collections import defaultdict

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmledger::fingerprint::image::decompress::decompress_cluster;
 use vmledger::fingerprint::image::Compression;
+use vmledger::fingerprint::image::decompress::decompress_cluster;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, input)) = data.split_first() else {

@@ -91,7 +91,9 @@ impl Chain {
             chain.files.push(file.clone());
             match fmt {
                 ImageFormat::Raw => {
-                    if file.len > MAX_VIRTUAL_SIZE {
+                    // Only the top's size is the virtual size; a larger raw backing file
+                    // is read no further than the overlay needs.
+                    if index == 0 && file.len > MAX_VIRTUAL_SIZE {
                         return Err(ImageError::TooLarge {
                             path: file.path.clone(),
                             size: file.len,
