@@ -289,3 +289,57 @@ fn library_api() {
     let e = image::fingerprint(&sb.join("nope.img"), &Options::default()).unwrap_err();
     assert_eq!(e.path(), sb.join("nope.img"));
 }
+
+/// Peak resident memory (KiB) of `vmledger ARGS`, from GNU time.
+fn peak_rss_kib(sb: &Sandbox, args: &[&std::ffi::OsStr]) -> u64 {
+    common::require("/usr/bin/time");
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(common::bin())
+        .args(args)
+        .env("HOME", sb.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    err.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in: {err}"))
+}
+
+#[test]
+fn memory_stays_bounded_for_huge_sparse_images() {
+    let sb = Sandbox::new();
+    // 8 TiB raw holding 8 MiB of data far apart, and a 16 TiB qcow2 written at both ends.
+    let raw = sb.join("huge.raw");
+    let data = pseudo_random(4 << 20, 9);
+    sparse_raw(
+        &raw,
+        8 << 40,
+        &[(0, &data[..]), ((6 << 40) + 12345, &data[..])],
+    );
+    let q = sb.join("huge.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "16T"]);
+    qemu_io(
+        &q,
+        "qcow2",
+        &["write -P 1 0 1M", "write -P 2 17592184995840 1M"],
+    );
+    for (img, fmt) in [(&raw, "raw"), (&q, "qcow2")] {
+        let kib = peak_rss_kib(
+            &sb,
+            &[
+                "fingerprint".as_ref(),
+                "image".as_ref(),
+                "--format".as_ref(),
+                fmt.as_ref(),
+                img.as_os_str(),
+            ],
+        );
+        assert!(kib < 64 * 1024, "{fmt}: peak RSS {kib} KiB");
+    }
+}

@@ -28,6 +28,9 @@ use super::map::{Compression, Extent, Piece};
 use super::source::ImageFile;
 use super::{CHUNK_SIZE, Digest, Progress};
 
+/// Most finished digests held back waiting for an earlier chunk.
+const MAX_PENDING: usize = 1024;
+
 /// A compressed cluster (or part of one) to decompress into the chunk.
 #[derive(Debug)]
 struct CompPiece {
@@ -161,6 +164,11 @@ impl Reader<'_, '_> {
             self.extents.clear();
             self.chain.plan(start, len as u64, &mut self.extents)?;
             if self.extents.iter().all(|e| e.piece == Piece::Zero) {
+                // Zero chunks are quick; don't let them pile up behind a chunk that is
+                // still being hashed (the reorder window stays small).
+                while self.in_flight > 0 && self.pending.len() >= MAX_PENDING {
+                    self.receive(done_rx)?;
+                }
                 let d = *self
                     .zero
                     .entry(len)
