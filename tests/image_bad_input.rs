@@ -200,6 +200,28 @@ fn tables_that_reference_the_same_cluster_over_and_over() {
     }
     write_at(&q, l2, &table);
     refused(&sb, &q, &["referenced again and again"]);
+
+    // The same with one compressed cluster decompressed over and over.
+    let text = sb.join("text.raw");
+    sparse_raw(&text, 256 * MIB, &[(0, &text_like(65536, 2)[..])]);
+    let q = sb.join("amplified-compressed.qcow2");
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        text.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    let first = read_be64(&q, l2_entry_offset(&q, 0));
+    assert_ne!(first & (1 << 62), 0, "compressed");
+    let l2 = l2_entry_offset(&q, 0);
+    let mut table = Vec::new();
+    for _ in 0..4096 {
+        table.extend_from_slice(&first.to_be_bytes());
+    }
+    write_at(&q, l2, &table);
+    refused(&sb, &q, &["referenced again and again"]);
 }
 
 #[test]

@@ -9,9 +9,10 @@
 //! all zeros (holes, zero or unallocated clusters) is not read or hashed at all: its
 //! digest is computed once per length and reused.
 //!
-//! Memory is bounded by the pool: `2 * threads + 2` chunk buffers (4 MiB each, plus the
-//! compressed bytes of one chunk), a cluster buffer per hasher, and the digests of the few
-//! chunks that finish out of order. Digests leave in guest order through a callback.
+//! Memory is bounded by the pool: `threads + 2` chunk buffers (4 MiB each, plus at most
+//! [`COMP_BUDGET`] of compressed bytes), a cluster buffer per hasher, and the digests of
+//! at most [`MAX_PENDING`] chunks that finish out of order. Digests leave in guest order
+//! through a callback.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -27,6 +28,11 @@ use super::error::ImageError;
 use super::map::{Compression, Extent, Piece};
 use super::source::ImageFile;
 use super::{CHUNK_SIZE, Digest, Progress};
+
+/// Most compressed bytes gathered for one chunk before the reader decompresses them
+/// itself (QEMU's compressed clusters are at most a cluster plus a sector, so a chunk's
+/// rarely exceed this; crafted tables may claim up to two clusters each).
+const COMP_BUDGET: usize = 4 << 20;
 
 /// Most finished digests held back waiting for an earlier chunk.
 const MAX_PENDING: usize = 1024;
@@ -86,7 +92,7 @@ pub fn hash_chain(
         f.advise_sequential();
     }
     let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    let pool = 2 * threads + 2;
+    let pool = threads + 2;
     let (job_tx, job_rx) = sync_channel::<Job>(pool);
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = channel::<Done>();
@@ -276,6 +282,11 @@ impl Reader<'_, '_> {
                     skip,
                     algo,
                 } => {
+                    // Keep a job's compressed bytes within budget: past it, decompress
+                    // what is gathered here, in the reader.
+                    if job.comp.len() + csize as usize > COMP_BUDGET && !job.pieces.is_empty() {
+                        decompress_pieces(job, &mut self.cluster_buf, self.paths)?;
+                    }
                     let at = job.comp.len();
                     job.comp.resize(at + csize as usize, 0);
                     self.files[file].read_exact_at(&mut job.comp[at..], host)?;
@@ -319,11 +330,25 @@ fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
 
 /// Decompress a job's compressed clusters into its buffer and hash it.
 fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
-    let mut result = Ok(());
+    let result = decompress_pieces(&mut job, cluster_buf, paths)
+        .map(|()| Sha256::digest(&job.buf[..job.len]).into());
+    Done {
+        index: job.index,
+        result,
+        job,
+    }
+}
+
+/// Decompress the job's compressed clusters into its buffer, then forget them.
+fn decompress_pieces(
+    job: &mut Job,
+    cluster_buf: &mut Vec<u8>,
+    paths: &[PathBuf],
+) -> Result<(), ImageError> {
     for p in &job.pieces {
         cluster_buf.resize(p.cluster, 0);
         if let Err(problem) = decompress_cluster(p.algo, &job.comp[p.src.clone()], cluster_buf) {
-            result = Err(ImageError::malformed(
+            return Err(ImageError::malformed(
                 &paths[p.file],
                 format!(
                     "the compressed cluster for guest offset {:#x} (at {:#x}, {} bytes, {}) is bad: {problem}",
@@ -336,14 +361,10 @@ fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
                     }
                 ),
             ));
-            break;
         }
         job.buf[p.dst..p.dst + p.len].copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
     }
-    let result = result.map(|()| Sha256::digest(&job.buf[..job.len]).into());
-    Done {
-        index: job.index,
-        result,
-        job,
-    }
+    job.pieces.clear();
+    job.comp.clear();
+    Ok(())
 }

@@ -23,6 +23,8 @@ use super::source::ImageFile;
 
 /// Largest L1 table accepted, in bytes (QEMU's limit).
 pub const MAX_L1_BYTES: u64 = 32 << 20;
+/// Guest clusters allowed to reuse the compressed data of the one before them.
+const MAX_COMPRESSED_REPEATS: u64 = 64;
 /// Table slices are read and cached in units of this many bytes.
 const SLICE: u64 = 64 << 10;
 /// Cached slices per layer: L1 and L2.
@@ -527,7 +529,10 @@ pub struct Qcow2Layer {
     l2: SliceCache,
     /// Guest bytes mapped to stored data / compressed bytes referenced so far.
     data_mapped: u64,
-    compressed_mapped: u64,
+    /// The previous compressed cluster's host offset, and how many compressed clusters
+    /// reused the offset just before them.
+    last_compressed: u64,
+    compressed_repeats: u64,
 }
 
 impl Qcow2Layer {
@@ -549,7 +554,8 @@ impl Qcow2Layer {
             l1: SliceCache::new(L1_SLOTS),
             l2: SliceCache::new(L2_SLOTS),
             data_mapped: 0,
-            compressed_mapped: 0,
+            last_compressed: u64::MAX,
+            compressed_repeats: 0,
         }
     }
 
@@ -686,10 +692,15 @@ impl Qcow2Layer {
                 ))));
             }
             let csize = csize.min(flen - host);
-            self.compressed_mapped += csize;
-            if self.compressed_mapped > 2 * flen + (1 << 20) {
-                return Err(self.amplified());
+            // QEMU never points two guest clusters at the same compressed data; tables
+            // that do make a small file decompress to a huge disk.
+            if host == self.last_compressed && pos == c_start {
+                self.compressed_repeats += 1;
+                if self.compressed_repeats > MAX_COMPRESSED_REPEATS {
+                    return Err(self.amplified());
+                }
             }
+            self.last_compressed = host;
             map::push(
                 out,
                 Extent {
