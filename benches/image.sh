@@ -9,7 +9,10 @@
 # reported. Interleaving keeps the comparison fair on a machine whose load drifts.
 # Peers: coreutils sha256sum; the machine's parallel SHA-256 limit (`openssl speed
 # -multi NPROC` over 4 MiB buffers in memory, all cores); qemu-img compare. Peak memory
-# comes from GNU time (`/usr/bin/time -v`).
+# comes from GNU time (`/usr/bin/time -v`). CPU time (user + sys) of every run is also
+# recorded, and an "idle projection" (bytes / (CPU seconds / cores)) shows what the same
+# work gives on cores nothing else uses, since other work on a shared machine inflates wall
+# times of multi-threaded runs more than single-threaded ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,28 +88,34 @@ cat r2g.raw r2g.copy.raw r1g.raw q2g.qcow2 qc2g.qcow2 t2g.raw tz2g.qcow2 ts2g.qc
 "$BIN" fingerprint image s8g.raw >/dev/null
 
 TIMES=$(mktemp)
-trap 'rm -f "$TIMES"' EXIT
+trap 'rm -f "$TIMES" "$TIMES.one"' EXIT
 now() { date +%s.%N; }
 limit() {
-  # GB/s of all cores hashing 4 MiB buffers in memory.
-  openssl speed -multi "$NPROC" -seconds 2 -bytes 4194304 -evp sha256 2>/dev/null |
+  # GB/s of all cores hashing 4 MiB buffers in memory (wall time, like the others).
+  openssl speed -elapsed -multi "$NPROC" -seconds 2 -bytes 4194304 -evp sha256 2>/dev/null |
+    awk '/^sha256 /{ sub(/k$/, "", $2); printf "%.6f\n", $2 * 1000 / 1e9 }'
+}
+limit1() {
+  # GB/s of one core hashing 4 MiB buffers in memory (per CPU second: openssl's default).
+  openssl speed -seconds 2 -bytes 4194304 -evp sha256 2>/dev/null |
     awk '/^sha256 /{ sub(/k$/, "", $2); printf "%.6f\n", $2 * 1000 / 1e9 }'
 }
 echo "== $ROUNDS interleaved rounds (load before: $(cut -d' ' -f1-3 /proc/loadavg); other work on the machine skews absolute figures, not the side-by-side ratios as much)"
 for r in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     read -r -a argv <<<"${CMD[$name]}"
-    s=$(now)
     set +e
-    "${argv[@]}" >/dev/null
+    /usr/bin/time -f "%e %U %S" -o "$TIMES.one" "${argv[@]}" >/dev/null
     rc=$?
     set -e
-    e=$(now)
     if [ "$name" = diff ] && [ $rc -ne 0 ]; then echo "diff exited $rc" >&2; exit 2; fi
     if [ "$name" = qemu_compare ] && [ $rc -ne 0 ]; then echo "compare exited $rc" >&2; exit 2; fi
-    echo "$name $(awk -v a="$s" -v b="$e" 'BEGIN { printf "%.6f", b - a }')" >>"$TIMES"
+    read -r wall user sys < <(tail -1 "$TIMES.one")
+    echo "$name $wall" >>"$TIMES"
+    echo "cpu_$name $(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.3f", u + s }')" >>"$TIMES"
   done
   echo "limit_gbps $(limit)" >>"$TIMES"
+  echo "core_gbps $(limit1)" >>"$TIMES"
   echo "  round $r done"
 done
 
@@ -156,6 +165,25 @@ print(f"{'qcow2 -c of random data (QEMU stores it uncompressed) vs raw':64} {gbp
 print(f"{'compressible data: zlib-compressed qcow2 vs its raw':64} {gbps('text_zlib', 2*G) / gbps('text_raw', 2*G):6.2f}x")
 print(f"{'compressible data: zstd-compressed qcow2 vs its raw':64} {gbps('text_zstd', 2*G) / gbps('text_raw', 2*G):6.2f}x")
 ratio("diff IMAGE MANIFEST time vs qemu-img compare IMAGE COPY time", med["diff"] / med["qemu_compare"], 1.5, "<=")
+print()
+# CPU time (user + sys) does not depend on how busy the machine's other work keeps the
+# cores; "idle projection" = bytes / (CPU seconds / cores), what the same work gives when
+# it has every core to itself (sha256sum and qemu-img compare use one core).
+ncores = int(sys.argv[3])
+core = med["core_gbps"]
+def cpu(name): return med["cpu_" + name]
+print(f"CPU seconds (user+sys): sha256sum {cpu('sha256sum'):.2f}, raw2g {cpu('raw2g'):.2f}, "
+      f"diff {cpu('diff'):.2f}, qemu_compare {cpu('qemu_compare'):.2f}; one core hashes "
+      f"{core:.2f} GB/s (openssl)")
+proj = 2 * G / (cpu("raw2g") / ncores) / 1e9
+print(f"{'idle projection: raw2g throughput':64} {proj:6.2f} GB/s")
+print(f"{'idle projection: raw2g vs sha256sum':64} {proj / (2 * G / cpu('sha256sum') / 1e9):6.2f}x  (target >= 8x)")
+print(f"{'idle projection: raw2g vs parallel limit (cores x one core)':64} {proj / (core * ncores):6.2f}x  (target >= 0.75x)")
+dproj = cpu("diff") / ncores
+# qemu-img may overlap I/O threads with its compare: take the smaller of its CPU and
+# wall time (the comparison least favourable to vmledger).
+qc = min(cpu("qemu_compare"), med["qemu_compare"])
+print(f"{'idle projection: diff time vs qemu-img compare time':64} {dproj / qc:6.2f}x  (target <= 1.5x)")
 print()
 for k in ["raw2g", "sparse8g", "qcow2", "text_zlib", "text_zstd", "diff", "manifest2g"]:
     kb = int(m[k])
