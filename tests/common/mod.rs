@@ -3,6 +3,7 @@
 //! what it printed.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod schemas;
 pub mod service;
 
