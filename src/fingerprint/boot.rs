@@ -9,8 +9,8 @@
 //!   "explanation"}` (absent when the previous boot recorded no fingerprint);
 //! - `trees`: for each `[fingerprint] trees` directory, `{"path","root","entries",
 //!   "complete","errors"}` or `{"path","error"}`;
-//! - `images`: reserved for the image fingerprint issue (`[fingerprint] images` is accepted
-//!   and reported as not fingerprinted yet).
+//! - `images`: for each `[fingerprint] images` disk image, `{"path","image_format",
+//!   "virtual_size","content_root"}` or `{"path","error"}` (see `docs/formats/image.md`).
 //!
 //! Nothing here can stop a boot from being recorded: a fingerprint that cannot be taken is
 //! recorded as an error and reported as a note. Reads the ledger; never writes it (the
@@ -19,6 +19,7 @@
 use serde_json::{Map, Value, json};
 
 use super::hardware::{self, Class, Component, Status, diff::compare_components};
+use super::image;
 use super::tree;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerError};
@@ -173,15 +174,31 @@ fn trees_at_boot(cfg: &Config, out: &mut BootFingerprints) {
     out.data.insert("trees".into(), Value::Array(trees));
 }
 
-/// Configured disk images (`[fingerprint] images`): their fingerprints belong to the image
-/// fingerprint issue; until it lands they are reported, not hashed.
+/// Configured disk images (`[fingerprint] images`): their content roots, hashed on every
+/// core. An image that cannot be read is recorded with its error and reported as a note.
 fn images_at_boot(cfg: &Config, out: &mut BootFingerprints) {
-    if !cfg.fingerprint.images.is_empty() {
-        out.notes.push(format!(
-            "vmledger: {} configured image(s) not fingerprinted: image fingerprints at boot are not built yet",
-            cfg.fingerprint.images.len()
-        ));
+    if cfg.fingerprint.images.is_empty() {
+        return;
     }
+    let opts = image::Options::default();
+    let images = cfg
+        .fingerprint
+        .images
+        .iter()
+        .map(|path| match image::fingerprint(path, &opts) {
+            Ok(fp) => json!({
+                "path": path.display().to_string(),
+                "image_format": fp.image_format,
+                "virtual_size": fp.virtual_size,
+                "content_root": image::hex(&fp.content_root),
+            }),
+            Err(e) => {
+                out.notes.push(format!("vmledger: {e}"));
+                json!({"path": path.display().to_string(), "error": e.to_string()})
+            }
+        })
+        .collect();
+    out.data.insert("images".into(), Value::Array(images));
 }
 
 /// The drift conclusion recorded by the latest boot entry, if it recorded one.
