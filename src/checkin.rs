@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::ServiceSection;
 use crate::identity::{IdentityError, Instance, ServiceSettings};
-use crate::keys::{self, PUBLIC_KEY_LEN};
+use crate::keys::{self, PUBLIC_KEY_LEN, SigningKey};
 use crate::ledger::{Entry, Ledger, LedgerError};
 use crate::license::observe::{self, LicenseError, kind};
 use crate::license::{parse_date, trusted};
@@ -53,7 +53,7 @@ pub mod failure {
     /// Any other transport failure.
     pub const TRANSPORT: &str = "transport";
     /// The service answered non-2xx (`data.http_status`, and `data.service_error` when it
-    /// sent a `vmledger-service-error/v1` body).
+    /// sent a `vmledger-service-error/v1` body), other than for an unknown serial.
     pub const REFUSED: &str = "refused";
     /// The answer (or response file) is not a well-formed receipt.
     pub const MALFORMED: &str = "malformed";
@@ -73,7 +73,8 @@ pub mod failure {
     pub const STALE: &str = "stale";
     /// The service's acknowledged head is not an entry of this ledger.
     pub const DIVERGED: &str = "diverged";
-    /// The service does not know this serial (a valid receipt with `unknown_serial`).
+    /// The service does not know this serial: it answered 404 `unknown_serial` (or a
+    /// valid receipt with status `unknown_serial`).
     pub const UNKNOWN_SERIAL: &str = "unknown_serial";
 }
 
@@ -273,8 +274,35 @@ pub fn acknowledged(ledger: &Ledger) -> Result<Option<(u64, String)>, CheckinErr
     Ok(seq.zip(hash).map(|(s, h)| (s, h.to_string())))
 }
 
-/// Build and sign a request carrying every entry with `seq >= from`. The activation code
-/// goes along until the instance's first successful check-in.
+/// Sign a check-in request: the one place a `vmledger-checkin-request/v1` is built (the
+/// agent through [`prepare`], the load generator from its in-memory ledgers, and tests).
+/// `entries` must be one chain in seq order; a fresh random nonce is drawn here.
+pub fn sign_request(
+    serial: &str,
+    key: &SigningKey,
+    instance: &str,
+    entries: Vec<Entry>,
+    activation_code: Option<String>,
+    hardware: Option<Value>,
+    sent_at: DateTime<Utc>,
+) -> Result<CheckinRequest, CheckinError> {
+    let nonce = hex::encode(keys::random_bytes::<16>().map_err(IdentityError::from)?);
+    let body = CheckinBody {
+        serial: serial.to_string(),
+        instance: instance.to_string(),
+        public_key: key.public_key_b64(),
+        nonce,
+        sent_at: time::format_at(sent_at),
+        activation_code,
+        entries,
+        hardware,
+    };
+    Ok(CheckinRequest::sign(body, key)?)
+}
+
+/// Build and sign a request from an instance's state: every ledger entry with
+/// `seq >= from`, sent at trusted time. The activation code goes along until the
+/// instance's first successful check-in (the first `checkin` entry), never after.
 pub fn prepare(
     inst: &Instance,
     ledger: &Ledger,
@@ -287,7 +315,6 @@ pub fn prepare(
     let lf = observe::read_facts(inst, ledger)?;
     let now = trusted::trusted_now(&lf.time_inputs(clock));
     let entries = ledger.entries_from(from)?;
-    let nonce = hex::encode(keys::random_bytes::<16>().map_err(IdentityError::from)?);
     let activation_code = if lf.facts.lease.is_none() {
         service.activation_code.clone()
     } else {
@@ -295,18 +322,17 @@ pub fn prepare(
     };
     let first_seq = entries.first().map(|e| e.body.seq);
     let last_seq = entries.last().map(|e| e.body.seq);
-    let body = CheckinBody {
-        serial,
-        instance: inst.settings.instance.clone(),
-        public_key: inst.settings.public_key.clone(),
-        nonce,
-        sent_at: time::format_at(now.now),
-        activation_code,
+    let request = sign_request(
+        &serial,
+        &inst.key,
+        &inst.settings.instance,
         entries,
+        activation_code,
         hardware,
-    };
+        now.now,
+    )?;
     Ok(Prepared {
-        request: CheckinRequest::sign(body, &inst.key)?,
+        request,
         first_seq,
         last_seq,
     })
@@ -394,17 +420,25 @@ pub fn post(url: &str, request: &CheckinRequest, timeout: Duration) -> Result<Re
         .send(&body[..])
         .map_err(|e| transport_failure(e, timeout))?;
     let status = response.status().as_u16();
-    let text = response
+    let bytes = response
         .into_body()
         .with_config()
         .limit(MAX_RESPONSE_BYTES)
-        .read_to_string()
+        .read_to_vec()
         .map_err(|e| transport_failure(e, timeout))?;
+    decode_reply(status, &bytes, &endpoint)
+}
+
+/// Decode the service's answer to a check-in: a 2xx body must be a receipt (not yet
+/// verified), anything else is a refusal with its `vmledger-service-error/v1` body when
+/// it has one. `from` names the endpoint in messages. (The agent and the load generator
+/// both decode answers here.)
+pub fn decode_reply(status: u16, body: &[u8], from: &str) -> Result<Reply, Failure> {
     if (200..300).contains(&status) {
-        let receipt: Receipt = serde_json::from_str(&text).map_err(|e| {
+        let receipt: Receipt = serde_json::from_slice(body).map_err(|e| {
             let mut f = Failure::new(
                 failure::MALFORMED,
-                format!("HTTP {status} from {endpoint} is not a receipt: {e}"),
+                format!("HTTP {status} from {from} is not a receipt: {e}"),
             );
             f.http_status = Some(status);
             f
@@ -413,7 +447,7 @@ pub fn post(url: &str, request: &CheckinRequest, timeout: Duration) -> Result<Re
     } else {
         Ok(Reply::Refused {
             status,
-            error: serde_json::from_str::<ServiceError>(&text).ok(),
+            error: serde_json::from_slice::<ServiceError>(body).ok(),
         })
     }
 }
@@ -748,7 +782,7 @@ pub fn checkin(
             Reply::Refused { status, error } => {
                 if status == 409
                     && !resynced
-                    && let Some(e) = error.as_ref().filter(|e| e.error == "unknown_prev")
+                    && let Some(e) = error.as_ref().filter(|e| e.error == protocol::error::UNKNOWN_PREV)
                 {
                     resynced = true;
                     match (e.acked_seq, e.acked_hash.as_deref()) {
@@ -777,11 +811,25 @@ pub fn checkin(
                         }
                     }
                 }
-                let detail = match &error {
-                    Some(e) => format!("HTTP {status}: {} ({})", e.message, e.error),
-                    None => format!("HTTP {status} from {url}"),
+                let code = error.as_ref().map(|e| e.error.as_str());
+                let (reason, detail) = match (&error, code) {
+                    // The service's word for a serial it has no SLA record of: the same
+                    // reason as a receipt saying `unknown_serial`, so that `status` can
+                    // say what to do.
+                    (Some(e), Some(protocol::error::UNKNOWN_SERIAL)) => (
+                        failure::UNKNOWN_SERIAL,
+                        format!(
+                            "HTTP {status}: the licensing service does not know serial {serial}; check the serial, or ask the vendor to register it ({})",
+                            e.message
+                        ),
+                    ),
+                    (Some(e), _) => (
+                        failure::REFUSED,
+                        format!("HTTP {status}: {} ({})", e.message, e.error),
+                    ),
+                    (None, _) => (failure::REFUSED, format!("HTTP {status} from {url}")),
                 };
-                let mut f = Failure::new(failure::REFUSED, detail);
+                let mut f = Failure::new(reason, detail);
                 f.http_status = Some(status);
                 f.service_error = error.map(Box::new);
                 return fail(f);

@@ -54,7 +54,7 @@ impl Refusal {
     }
 
     fn unknown_prev(message: String, head: Option<&EntryRef>) -> Refusal {
-        let mut r = Refusal::new(409, "unknown_prev", message);
+        let mut r = Refusal::new(409, protocol::error::UNKNOWN_PREV, message);
         r.body.acked_seq = head.map(|h| h.seq);
         r.body.acked_hash = head.map(|h| h.hash.clone());
         r
@@ -232,7 +232,7 @@ pub fn apply(
     let Some(mut serial) = tx.serial(&b.serial)? else {
         return Ok(Err(Refusal::new(
             404,
-            "unknown_serial",
+            protocol::error::UNKNOWN_SERIAL,
             format!(
                 "serial {} has no SLA record at this service; check the serial number, or ask the vendor to register it",
                 b.serial
