@@ -362,6 +362,15 @@ fn transport_failure(e: ureq::Error, timeout: Duration) -> Failure {
         ),
         E::HostNotFound => Failure::new(failure::CONNECT, "host not found"),
         E::ConnectionFailed => Failure::new(failure::CONNECT, "connection failed"),
+        // A failed handshake (an unverifiable certificate, ...) reaches us as an I/O error
+        // wrapping the rustls error.
+        E::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>()) =>
+        {
+            Failure::new(failure::TLS, io.to_string())
+        }
         E::Io(io) => match io.kind() {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::new(
                 failure::TIMEOUT,

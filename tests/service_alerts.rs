@@ -235,15 +235,7 @@ fn serve_runs_the_daily_alert_job_in_process() {
     assert_eq!(p.terminate(), 0);
     // A restart does not send them again.
     let p = ServeProc::start(&sb, &db, None, &["--config", config.to_str().unwrap()]);
-    let (s, b) = vmledger::service::client::send_blocking(
-        &p.url,
-        None,
-        "GET",
-        "/metrics",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (s, b) = common::service::http(&p.url, "GET", "/metrics", vec![]);
     assert_eq!(s, 200);
     let text = String::from_utf8(b).unwrap();
     assert!(text.contains("vmledger_alerts_sent_total"), "{text}");

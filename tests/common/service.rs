@@ -394,21 +394,41 @@ impl Copy {
         code: Option<&str>,
         at: &(impl At + ?Sized),
     ) -> Copy {
+        Copy::init_with(sb, name, serial, Some(url), service_key, code, at)
+    }
+
+    /// An air-gapped copy: `init` with the pinned service key (and code) but no URL; it
+    /// checks in through request and response files only.
+    pub fn init_air_gapped(
+        sb: &Sandbox,
+        name: &str,
+        serial: &str,
+        service_key: &[u8; PUBLIC_KEY_LEN],
+        code: Option<&str>,
+        at: &(impl At + ?Sized),
+    ) -> Copy {
+        Copy::init_with(sb, name, serial, None, service_key, code, at)
+    }
+
+    fn init_with(
+        sb: &Sandbox,
+        name: &str,
+        serial: &str,
+        url: Option<&str>,
+        service_key: &[u8; PUBLIC_KEY_LEN],
+        code: Option<&str>,
+        at: &(impl At + ?Sized),
+    ) -> Copy {
         let c = Copy {
             dir: sb.join(name),
             home: sb.path().to_path_buf(),
             service_key: *service_key,
         };
         let key = vmledger::keys::b64_encode(service_key);
-        let mut args = vec![
-            "init",
-            "--serial",
-            serial,
-            "--service",
-            url,
-            "--service-key",
-            &key,
-        ];
+        let mut args = vec!["init", "--serial", serial, "--service-key", &key];
+        if let Some(url) = url {
+            args.extend(["--service", url]);
+        }
         if let Some(code) = code {
             args.extend(["--activation-code", code]);
         }
