@@ -791,7 +791,9 @@ pub fn checkin(
             Reply::Refused { status, error } => {
                 if status == 409
                     && !resynced
-                    && let Some(e) = error.as_ref().filter(|e| e.error == protocol::error::UNKNOWN_PREV)
+                    && let Some(e) = error
+                        .as_ref()
+                        .filter(|e| e.error == protocol::error::UNKNOWN_PREV)
                 {
                     resynced = true;
                     match (e.acked_seq, e.acked_hash.as_deref()) {

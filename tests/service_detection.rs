@@ -109,7 +109,10 @@ impl World {
         let s = c.status(&*self.clock);
         assert_eq!(s["state"], "disabled", "{s:#}");
         assert_eq!(s["reason"], reason, "{s:#}");
-        let verdict = s["verdict"].as_str().expect("a verdict reference").to_string();
+        let verdict = s["verdict"]
+            .as_str()
+            .expect("a verdict reference")
+            .to_string();
         assert!(s["message"].as_str().unwrap().contains(&verdict), "{s:#}");
         let doc = self.show(&verdict);
         assert!(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::Sandbox;
 use common::service::{
-    Copy, Reply, ServeProc, Svc, TestClock, assert_status, http, http_with, init_db, post,
-    receipt, refused, sla, validate,
+    Copy, Reply, ServeProc, Svc, TestClock, assert_status, http, http_with, init_db, post, receipt,
+    refused, sla, validate,
 };
 use serde_json::{Value, json};
 use vmledger::protocol::{CheckinRequest, Status};
@@ -31,7 +31,15 @@ fn world() -> (Sandbox, Svc, Copy) {
 
 /// A copy configured for `svc` with the activation code (not yet checked in).
 fn appliance(sb: &Sandbox, svc: &Svc, name: &str) -> Copy {
-    Copy::init(sb, name, "SN-1", &svc.url, &svc.key, Some(CODE), &*svc.clock)
+    Copy::init(
+        sb,
+        name,
+        "SN-1",
+        &svc.url,
+        &svc.key,
+        Some(CODE),
+        &*svc.clock,
+    )
 }
 
 fn post_bytes(url: &str, body: Vec<u8>) -> (u16, Value) {
@@ -218,7 +226,10 @@ fn reinstall_supersedes_the_old_instance_which_is_judged_at_serial_level() {
     assert!(verdict.starts_with("SN-1/s"), "{verdict}");
     // The old installation learnt it and enforces it, naming the serial-level verdict.
     let s = a.status(&*clock);
-    assert_eq!((&s["state"], &s["verdict"]), (&json!("disabled"), &json!(verdict)));
+    assert_eq!(
+        (&s["state"], &s["verdict"]),
+        (&json!("disabled"), &json!(verdict))
+    );
     assert_eq!(a.boot(&*clock).code, 4);
     assert_status(&b.checkin(&*clock), Status::Active, None);
     let doc = common::service::show(&sb, &svc.db, "SN-1");
@@ -402,7 +413,15 @@ fn serve_binary_speaks_tls_and_stops_gracefully_on_sigterm() {
     assert!(p.url.starts_with("https://127.0.0.1:"), "{}", p.url);
     let url = p.url.replace("127.0.0.1", "localhost");
     let ca = sb.join("cert.pem");
-    let a = Copy::init(&sb, "a", "SN-1", &url, &key, Some(CODE), "2026-12-01 10:00:00");
+    let a = Copy::init(
+        &sb,
+        "a",
+        "SN-1",
+        &url,
+        &key,
+        Some(CODE),
+        "2026-12-01 10:00:00",
+    );
     let req = a.request(Some(CODE), &vmledger::time::SystemClock);
     let (status, body) = http_with(&url, Some(&ca), "POST", "/v1/checkin", signed(&req)).unwrap();
     match vmledger::checkin::decode_reply(status, &body, &url).unwrap() {
@@ -444,7 +463,12 @@ fn offline_receipt_for_an_air_gapped_site() {
     let doc = a
         .ok(
             AT,
-            &["checkin", "--json", "--request-file", req_path.to_str().unwrap()],
+            &[
+                "checkin",
+                "--json",
+                "--request-file",
+                req_path.to_str().unwrap(),
+            ],
         )
         .json();
     validate("checkin", &doc);
@@ -471,7 +495,12 @@ fn offline_receipt_for_an_air_gapped_site() {
     let response = sb.join("receipt.json");
     let r = a.run(
         "2026-12-01 11:00:00",
-        &["checkin", "--json", "--response-file", response.to_str().unwrap()],
+        &[
+            "checkin",
+            "--json",
+            "--response-file",
+            response.to_str().unwrap(),
+        ],
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     validate("checkin", &r.json());

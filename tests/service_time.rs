@@ -15,7 +15,15 @@ fn serve_under_faketime_answers_in_the_faked_time() {
     let (db, key) = init_db(&sb);
     sla(&sb, &db, "SN-1", "2031-06-30", "CODE");
     let p = ServeProc::start(&sb, &db, Some("2031-07-04 12:00:00"), &["--no-alerts"]);
-    let a = Copy::init(&sb, "a", "SN-1", &p.url, &key, Some("CODE"), "2031-07-04 11:59:00");
+    let a = Copy::init(
+        &sb,
+        "a",
+        "SN-1",
+        &p.url,
+        &key,
+        Some("CODE"),
+        "2031-07-04 11:59:00",
+    );
     let r = a.checkin("2031-07-04 12:00:00");
     let rc = receipt(&r);
     assert!(

@@ -51,14 +51,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     };
 
     if let Some(out) = &args.request_file {
-        let p = checkin::write_request(
-            &agent.inst,
-            &agent.ledger,
-            &service,
-            hardware,
-            out,
-            &clock,
-        )?;
+        let p =
+            checkin::write_request(&agent.inst, &agent.ledger, &service, hardware, out, &clock)?;
         let doc = json!({
             "format": "vmledger-checkin/v1",
             "via": "file",

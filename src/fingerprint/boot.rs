@@ -95,7 +95,8 @@ fn hardware_at_boot(
             }),
         );
     }
-    out.data.insert("hardware".into(), summary_of(&fp.digest, recorded));
+    out.data
+        .insert("hardware".into(), summary_of(&fp.digest, recorded));
     Ok(())
 }
 
@@ -107,7 +108,10 @@ fn summary_of(digest: &str, components: Vec<Value>) -> Value {
 /// requests carry it (`hardware` member): `{"digest", "components": [{"name","class",
 /// "digest"} | {"name","class","unavailable"}]}`. Digests only, never values.
 pub fn summary(fp: &hardware::Fingerprint) -> Value {
-    summary_of(&fp.digest, fp.components.iter().map(record_component).collect())
+    summary_of(
+        &fp.digest,
+        fp.components.iter().map(record_component).collect(),
+    )
 }
 
 /// This guest's hardware summary now (see [`summary`]), or `None` when the configuration

@@ -210,12 +210,13 @@ pub fn serial_verdict_id(serial: &str, n: u32) -> String {
     format!("{serial}/s{n}")
 }
 
-/// The SLA has ended when `now`'s UTC date is after `ends` (the SLA covers that whole day).
+/// The SLA has ended from 00:00:00.000Z of the day after `ends` (it covers that whole UTC
+/// day): the same instant the agent's countdown starts from
+/// ([`crate::license::end_of_date`]).
 pub fn sla_ended(ends: &str, now: Time) -> bool {
-    match chrono::NaiveDate::parse_from_str(ends, "%Y-%m-%d") {
-        Ok(d) => now.date_naive() > d,
-        Err(_) => false,
-    }
+    crate::license::parse_date(ends)
+        .and_then(crate::license::end_of_date)
+        .is_some_and(|end| now >= end)
 }
 
 /// Apply a prepared check-in inside `tx` at server time `now`. `key_id` names the

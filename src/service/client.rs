@@ -13,7 +13,6 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-
 /// Load-generator failures (network, unexpected answers, building requests).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -438,6 +438,11 @@ impl Copy {
 
     /// The real binary on this state dir (any exit status).
     pub fn run(&self, at: &(impl At + ?Sized), args: &[&str]) -> super::Run {
+        super::vendor::run_with_deadline(self.command(at, args), Duration::from_secs(120))
+    }
+
+    /// The command [`Copy::run`] runs (for long-running ones such as `watch`).
+    pub fn command(&self, at: &(impl At + ?Sized), args: &[&str]) -> Command {
         let mut cmd = match at.spec() {
             Some(spec) => {
                 super::require("faketime");
@@ -460,7 +465,7 @@ impl Copy {
                 cmd.env_remove(k);
             }
         }
-        super::vendor::run_with_deadline(cmd, Duration::from_secs(120))
+        cmd
     }
 
     /// The real binary on this state dir; insists on exit 0.
@@ -526,7 +531,12 @@ impl Copy {
     /// runs cut off from the service).
     pub fn boot_offline(&self, at: &(impl At + ?Sized)) -> Boot {
         let r = self.run(at, &["boot", "--offline", "--json"]);
-        assert!(matches!(r.code, 0 | 4), "boot exit {}: {}", r.code, r.stderr);
+        assert!(
+            matches!(r.code, 0 | 4),
+            "boot exit {}: {}",
+            r.code,
+            r.stderr
+        );
         Boot {
             code: r.code,
             doc: r.json(),
@@ -589,7 +599,9 @@ impl Copy {
     pub fn request(&self, code: Option<&str>, clock: &dyn Clock) -> CheckinRequest {
         let inst = self.instance();
         let ledger = inst.ledger().unwrap();
-        let from = checkin::acknowledged(&ledger).unwrap().map_or(0, |(s, _)| s + 1);
+        let from = checkin::acknowledged(&ledger)
+            .unwrap()
+            .map_or(0, |(s, _)| s + 1);
         let service = checkin::Service {
             activation_code: code.map(str::to_string),
             ..Default::default()
