@@ -311,11 +311,26 @@ pub fn prepare(
     hardware: Option<Value>,
     clock: &dyn Clock,
 ) -> Result<Prepared, CheckinError> {
+    prepare_with(inst, ledger, service, from, false, hardware, clock)
+}
+
+/// [`prepare`], sending the activation code also after the first successful check-in
+/// when `force_code` (the service answered `activation_code_required`: it lost the
+/// instance, e.g. its database was restored from a backup older than the activation).
+fn prepare_with(
+    inst: &Instance,
+    ledger: &Ledger,
+    service: &Service,
+    from: u64,
+    force_code: bool,
+    hardware: Option<Value>,
+    clock: &dyn Clock,
+) -> Result<Prepared, CheckinError> {
     let serial = inst.settings.serial.clone().ok_or(CheckinError::NoSerial)?;
     let lf = observe::read_facts(inst, ledger)?;
     let now = trusted::trusted_now(&lf.time_inputs(clock));
     let entries = ledger.entries_from(from)?;
-    let activation_code = if lf.facts.lease.is_none() {
+    let activation_code = if lf.facts.lease.is_none() || force_code {
         service.activation_code.clone()
     } else {
         None
@@ -748,8 +763,16 @@ impl Default for Options {
     }
 }
 
-/// Check in over the network and record the outcome. A 409 `unknown_prev` answer makes one
-/// more attempt from the service's acknowledged head.
+/// Check in over the network and record the outcome.
+///
+/// Two answers make the agent try again at once (each at most once, so a check-in is at
+/// most three requests):
+/// - 409 `unknown_prev` (the service never received an entry's predecessor, e.g. its
+///   database was restored from a backup): re-send from the service's acknowledged head
+///   when that entry is in this ledger, else from genesis (the service stores what it
+///   already holds idempotently and judges the rest);
+/// - 403 `activation_code_required` after this instance's first successful check-in (the
+///   service lost the instance): re-send with the stored activation code.
 pub fn checkin(
     inst: &mut Instance,
     ledger: &Ledger,
@@ -764,8 +787,17 @@ pub fn checkin(
     let serial = inst.settings.serial.clone().ok_or(CheckinError::NoSerial)?;
     let mut from = acknowledged(ledger)?.map_or(0, |(s, _)| s + 1);
     let mut resynced = false;
+    let mut force_code = false;
     loop {
-        let prepared = prepare(inst, ledger, service, from, opts.hardware.clone(), clock)?;
+        let prepared = prepare_with(
+            inst,
+            ledger,
+            service,
+            from,
+            force_code,
+            opts.hardware.clone(),
+            clock,
+        )?;
         let fail = |f: Failure| -> Result<Outcome, CheckinError> {
             let entry = record_failure(inst, ledger, &f, Via::Network, Some(&url), clock)?;
             Ok(Outcome::Failed { failure: f, entry })
@@ -774,7 +806,7 @@ pub fn checkin(
             Ok(r) => r,
             Err(f) => return fail(f),
         };
-        match reply {
+        let (status, error) = match reply {
             Reply::Receipt(r) => {
                 let expect = Expect {
                     instance: &inst.settings.instance,
@@ -788,64 +820,51 @@ pub fn checkin(
                 }
                 return accept(inst, ledger, *r, Via::Network, Some(&url), clock);
             }
-            Reply::Refused { status, error } => {
-                if status == 409
-                    && !resynced
-                    && let Some(e) = error
-                        .as_ref()
-                        .filter(|e| e.error == protocol::error::UNKNOWN_PREV)
-                {
-                    resynced = true;
-                    match (e.acked_seq, e.acked_hash.as_deref()) {
-                        (None, _) => {
-                            from = 0;
-                            continue;
-                        }
-                        (Some(s), Some(h))
-                            if ledger.entry(s)?.is_some_and(|ours| ours.hash == h) =>
-                        {
-                            from = s + 1;
-                            continue;
-                        }
-                        (s, h) => {
-                            let mut f = Failure::new(
-                                failure::DIVERGED,
-                                format!(
-                                    "the service's acknowledged head (seq {}, hash {}) is not in this ledger",
-                                    s.map_or("none".into(), |s| s.to_string()),
-                                    h.unwrap_or("none")
-                                ),
-                            );
-                            f.http_status = Some(status);
-                            f.service_error = error.clone().map(Box::new);
-                            return fail(f);
-                        }
-                    }
-                }
-                let code = error.as_ref().map(|e| e.error.as_str());
-                let (reason, detail) = match (&error, code) {
-                    // The service's word for a serial it has no SLA record of: the same
-                    // reason as a receipt saying `unknown_serial`, so that `status` can
-                    // say what to do.
-                    (Some(e), Some(protocol::error::UNKNOWN_SERIAL)) => (
-                        failure::UNKNOWN_SERIAL,
-                        format!(
-                            "HTTP {status}: the licensing service does not know serial {serial}; check the serial, or ask the vendor to register it ({})",
-                            e.message
-                        ),
-                    ),
-                    (Some(e), _) => (
-                        failure::REFUSED,
-                        format!("HTTP {status}: {} ({})", e.message, e.error),
-                    ),
-                    (None, _) => (failure::REFUSED, format!("HTTP {status} from {url}")),
-                };
-                let mut f = Failure::new(reason, detail);
-                f.http_status = Some(status);
-                f.service_error = error.map(Box::new);
-                return fail(f);
-            }
+            Reply::Refused { status, error } => (status, error),
+        };
+        let code = error.as_ref().map(|e| e.error.as_str());
+        if status == 409 && code == Some(protocol::error::UNKNOWN_PREV) && !resynced {
+            resynced = true;
+            let head = error
+                .as_ref()
+                .and_then(|e| e.acked_seq.zip(e.acked_hash.clone()));
+            from = match head {
+                Some((s, h)) if ledger.entry(s)?.is_some_and(|ours| ours.hash == h) => s + 1,
+                // The service holds nothing of this instance, or its head is on another
+                // branch (a copy that forked before it): everything from genesis.
+                _ => 0,
+            };
+            continue;
         }
+        if status == 403
+            && code == Some(protocol::error::ACTIVATION_CODE_REQUIRED)
+            && !force_code
+            && prepared.request.body.activation_code.is_none()
+            && service.activation_code.is_some()
+        {
+            force_code = true;
+            continue;
+        }
+        let (reason, detail) = match (&error, code) {
+            // The service's word for a serial it has no SLA record of: the same reason as
+            // a receipt saying `unknown_serial`, so that `status` can say what to do.
+            (Some(e), Some(protocol::error::UNKNOWN_SERIAL)) => (
+                failure::UNKNOWN_SERIAL,
+                format!(
+                    "HTTP {status}: the licensing service does not know serial {serial}; check the serial, or ask the vendor to register it ({})",
+                    e.message
+                ),
+            ),
+            (Some(e), _) => (
+                failure::REFUSED,
+                format!("HTTP {status}: {} ({})", e.message, e.error),
+            ),
+            (None, _) => (failure::REFUSED, format!("HTTP {status} from {url}")),
+        };
+        let mut f = Failure::new(reason, detail);
+        f.http_status = Some(status);
+        f.service_error = error.map(Box::new);
+        return fail(f);
     }
 }
 

@@ -151,6 +151,10 @@ pub mod error {
     /// HTTP 409: an entry's `prev` was never received; the body's `acked_seq`/`acked_hash`
     /// name the service's head for the instance, from which the agent re-sends.
     pub const UNKNOWN_PREV: &str = "unknown_prev";
+    /// HTTP 403: the instance is new to the service and the request carries no
+    /// activation code. An agent that checked in before (the service lost it) re-sends
+    /// with its stored code.
+    pub const ACTIVATION_CODE_REQUIRED: &str = "activation_code_required";
 }
 
 /// What the service signs.

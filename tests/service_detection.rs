@@ -463,11 +463,36 @@ fn answered(url: &str, code: u16) -> u64 {
         .map_or(0, |n| n.trim().parse().unwrap())
 }
 
+/// A consistent online backup of the service database (`sqlite3 .backup`).
+fn backup_db(sb: &Sandbox, db: &std::path::Path, name: &str) -> std::path::PathBuf {
+    common::require("sqlite3");
+    let backup = sb.join(name);
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(format!(".backup '{}'", backup.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    backup
+}
+
+/// Stop the service, put `backup` in place of its database, start it again (elsewhere).
+fn restore_db(svc: Svc, backup: &std::path::Path, clock: &std::sync::Arc<TestClock>) -> Svc {
+    let (db, key) = (svc.db.clone(), svc.key);
+    svc.stop();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(backup, &db).unwrap();
+    Svc::start(&db, key, clock.clone())
+}
+
 #[test]
 fn service_database_restored_from_backup_resyncs_through_409() {
     let sb = Sandbox::new();
     let (db, key) = init_db(&sb);
     sla(&sb, &db, "SN-1", "2028-12-31", CODE);
+    sla(&sb, &db, "SN-2", "2028-12-31", CODE);
     let clock = TestClock::at("2027-01-10T10:00:00Z");
     let svc = Svc::start(&db, key, clock.clone());
     let a = Copy::init(&sb, "a", "SN-1", &svc.url, &key, Some(CODE), &*clock);
@@ -480,45 +505,83 @@ fn service_database_restored_from_backup_resyncs_through_409() {
         clock.advance(Duration::days(1));
         assert_status(&a.checkin(&*clock), Status::Active, None);
     }
-    // A consistent online backup of the service database.
-    common::require("sqlite3");
-    let backup = sb.join("backup.sqlite");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!(".backup '{}'", backup.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let backup = backup_db(&sb, &db, "backup.sqlite");
+    // Another appliance is activated after the backup.
+    let b = Copy::init(&sb, "b", "SN-2", &svc.url, &key, Some(CODE), &*clock);
     for _ in 0..3 {
         clock.advance(Duration::days(1));
         assert_status(&a.checkin(&*clock), Status::Active, None);
+        assert_status(&b.checkin(&*clock), Status::Active, None);
     }
-    svc.stop();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
-    let svc = Svc::start(&db, key, clock.clone());
+    let svc = restore_db(svc, &backup, &clock);
     clock.advance(Duration::days(1));
-    // The restarted service listens elsewhere: the admin points the appliance at it.
+    // The restarted service listens elsewhere: the admin points the appliances at it.
     a.point_to(&*clock, &svc.url);
-    // The agent's first attempt is refused with 409 and the service's head; it re-sends
+    b.point_to(&*clock, &svc.url);
+    // A's first attempt is refused with 409 and the service's head; the agent re-sends
     // from there and gets its receipt: one check-in for the agent, nothing lost.
     let r = a.checkin(&*clock);
     assert_status(&r, Status::Active, None);
-    assert_eq!(answered(&svc.url, 409), 1);
-    assert_eq!(answered(&svc.url, 200), 1);
-    assert!(!a.kinds().iter().any(|k| k == "checkin_failed"));
-    let doc = show(&sb, &db, "SN-1");
-    assert!(doc["verdicts"].as_array().unwrap().is_empty());
-    assert_eq!(
-        doc["instances"][0]["entries"].as_u64().unwrap() + 1,
-        a.len()
-    );
-    assert_eq!(doc["instances"][0]["branches"].as_array().unwrap().len(), 1);
-    // And it goes on as before.
+    assert_eq!((answered(&svc.url, 409), answered(&svc.url, 200)), (1, 1));
+    // B is unknown to the restored service: it re-sends with its stored activation code
+    // (403 activation_code_required), then from genesis (409: nothing held of it).
+    let r = b.checkin(&*clock);
+    assert_status(&r, Status::Active, None);
+    assert_eq!(answered(&svc.url, 403), 1);
+    assert_eq!((answered(&svc.url, 409), answered(&svc.url, 200)), (2, 2));
+    for (c, serial) in [(&a, "SN-1"), (&b, "SN-2")] {
+        assert!(!c.kinds().iter().any(|k| k == "checkin_failed"));
+        let doc = show(&sb, &db, serial);
+        assert!(doc["verdicts"].as_array().unwrap().is_empty());
+        assert_eq!(
+            doc["instances"][0]["entries"].as_u64().unwrap() + 1,
+            c.len()
+        );
+        assert_eq!(doc["instances"][0]["branches"].as_array().unwrap().len(), 1);
+    }
+    // And they go on as before.
     clock.advance(Duration::days(1));
     assert_status(&a.checkin(&*clock), Status::Active, None);
+    assert_status(&b.checkin(&*clock), Status::Active, None);
+}
+
+#[test]
+fn restored_service_database_and_a_restored_copy_resync_from_genesis() {
+    let w = World::new();
+    let a = w.appliance("a");
+    w.day();
+    w.checkin(&a);
+    let backup = a.copy_to(&w.sb, "backup");
+    for _ in 0..2 {
+        w.day();
+        assert_status(&w.checkin(&a), Status::Active, None);
+    }
+    // The service's database is backed up while the original still runs.
+    let db_backup = backup_db(&w.sb, &w.svc.db, "service-backup.sqlite");
+    w.day();
+    w.day();
+    // The appliance dies and is restored from its own backup: a restore, allowed.
+    let b = backup.copy_to(&w.sb, "b");
+    assert_status(&w.boot(&b), Status::Active, Some("restored"));
+    w.day();
+    assert_status(&w.checkin(&b), Status::Active, None);
+    // Then the service's database is restored too: it knows the original's branch only.
+    let World { sb, svc, clock } = w;
+    let svc = restore_db(svc, &db_backup, &clock);
+    let w = World { sb, svc, clock };
+    w.day();
+    b.point_to(&*w.clock, &w.svc.url);
+    // The service's head (the original's) is not in B's ledger: B re-sends everything
+    // from genesis, and the service judges it again as what it is, a restore.
+    let r = w.checkin(&b);
+    assert_status(&r, Status::Active, Some("restored"));
+    assert_eq!(answered(&w.svc.url, 409), 1);
+    assert!(!b.kinds().iter().any(|k| k == "checkin_failed"));
+    w.day();
+    assert_status(&w.checkin(&b), Status::Active, None);
+    assert_eq!(w.verdicts(), vec![("restored".into(), "2-restore".into())]);
+    w.enforces_active(&b);
+    w.evidence_verifies();
 }
 
 #[test]

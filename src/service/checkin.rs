@@ -279,7 +279,7 @@ pub fn apply(
                 None => {
                     return Ok(Err(Refusal::new(
                         403,
-                        "activation_code_required",
+                        protocol::error::ACTIVATION_CODE_REQUIRED,
                         format!(
                             "instance {} is new: its first check-in must carry serial {}'s activation code (vmledger init --activation-code CODE)",
                             b.instance, b.serial
