@@ -143,25 +143,7 @@ fn serve(sb: &Sandbox, db: &Path, time_file: &Path, listen: &str) -> ServeProc {
 }
 
 fn sla_set(sb: &Sandbox, db: &Path, ends: &str) {
-    let doc = sb
-        .cmd([
-            "admin",
-            "sla",
-            "set",
-            SERIAL,
-            "--ends",
-            ends,
-            "--contact",
-            CONTACT,
-        ])
-        .arg("--activation-code")
-        .arg(CODE)
-        .arg("--json")
-        .arg("--db")
-        .arg(db)
-        .ok()
-        .json();
-    validate("admin-sla", &doc);
+    common::service::sla_set(sb, db, SERIAL, ends, Some(CODE), Some(CONTACT));
 }
 
 fn data<'a>(e: &'a Entry, key: &str) -> &'a str {

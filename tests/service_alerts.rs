@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::Sandbox;
-use common::service::{ServeProc, init_db, validate};
+use common::service::{ServeProc, init_db, sla_set, validate};
 
 /// A real SMTP server writing every message into a Maildir.
 struct Smtp {
@@ -109,19 +109,7 @@ fn setup(sb: &Sandbox, smtp_port: u16, extra: &str) -> (PathBuf, PathBuf) {
         ("SN-OVER", day(-1), "over@example.com"),
         ("SN-FAR", day(200), "far@example.com"),
     ] {
-        sb.cmd([
-            "admin",
-            "sla",
-            "set",
-            serial,
-            "--ends",
-            &ends,
-            "--contact",
-            contact,
-            "--db",
-        ])
-        .arg(&db)
-        .ok();
+        sla_set(sb, &db, serial, &ends, None, Some(contact));
     }
     let config = sb.join("config.toml");
     std::fs::write(

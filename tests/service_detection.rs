@@ -61,6 +61,17 @@ impl World {
         c.checkin(&*self.clock)
     }
 
+    /// An appliance that checked in for a day, and a copy of its state dir made then (a
+    /// clone, a backup or a snapshot, named `name`).
+    fn copied_on_day_one(name: &str) -> (World, Copy, Copy) {
+        let w = World::new();
+        let a = w.appliance("a");
+        w.day();
+        assert_status(&w.checkin(&a), Status::Active, None);
+        let copy = a.copy_to(&w.sb, name);
+        (w, a, copy)
+    }
+
     /// `vmledger boot`, which checks in; returns the boot-time check-in.
     fn boot(&self, c: &Copy) -> Reply {
         c.boot(&*self.clock).checkin.expect("boot checks in")
@@ -205,11 +216,7 @@ impl NowMs for TestClock {
 
 #[test]
 fn clone_running_beside_the_original_is_a_concurrent_duplicate() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b"); // the clone
+    let (w, a, b) = World::copied_on_day_one("b"); // the clone
     w.hours(2);
     let mut replies = vec![("b", w.boot(&b))];
     for _ in 0..3 {
@@ -257,11 +264,7 @@ fn clone_running_beside_the_original_is_a_concurrent_duplicate() {
 
 #[test]
 fn clone_reporting_late_is_disabled_and_the_original_continues() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
+    let (w, a, b) = World::copied_on_day_one("b");
     w.hours(1);
     b.boot_offline(&*w.clock); // the clone runs offline...
     for _ in 0..3 {
@@ -292,11 +295,7 @@ fn clone_reporting_late_is_disabled_and_the_original_continues() {
 /// A copy backed up on day 1 runs until day 3 and dies; the backup is restored on day 5
 /// and boots (its boot-time check-in is judged a restore).
 fn restored_world() -> (World, Copy, Copy) {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let backup = a.copy_to(&w.sb, "backup");
+    let (w, a, backup) = World::copied_on_day_one("backup");
     for _ in 0..2 {
         w.day();
         assert_status(&w.checkin(&a), Status::Active, None);
@@ -364,11 +363,7 @@ fn old_copy_returning_after_reboot_after_a_restore_is_switching() {
 
 #[test]
 fn alternating_copies_are_switching_and_both_are_disabled() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
+    let (w, a, b) = World::copied_on_day_one("b");
     // A runs, is shut down; B is started; then A again; then B again.
     w.day();
     assert_status(&w.boot(&a), Status::Active, None);
@@ -385,11 +380,7 @@ fn alternating_copies_are_switching_and_both_are_disabled() {
 
 #[test]
 fn snapshot_revert_without_reboot_is_a_restore() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let snapshot = a.copy_to(&w.sb, "snapshot");
+    let (w, a, snapshot) = World::copied_on_day_one("snapshot");
     for _ in 0..2 {
         w.day();
         w.checkin(&a);
@@ -410,11 +401,7 @@ fn snapshot_revert_without_reboot_is_a_restore() {
 
 #[test]
 fn declared_ha_pair_gets_no_verdict() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
+    let (w, a, b) = World::copied_on_day_one("b");
     w.sb.cmd([
         "admin",
         "allow-concurrent",
@@ -547,11 +534,7 @@ fn service_database_restored_from_backup_resyncs_through_409() {
 
 #[test]
 fn restored_service_database_and_a_restored_copy_resync_from_genesis() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let backup = a.copy_to(&w.sb, "backup");
+    let (w, a, backup) = World::copied_on_day_one("backup");
     for _ in 0..2 {
         w.day();
         assert_status(&w.checkin(&a), Status::Active, None);

@@ -275,45 +275,29 @@ mod tests {
     #[test]
     fn stages_count_days_to_the_end_of_the_last_day() {
         let days = [30, 7, 1];
-        assert_eq!(
-            stage(d("2027-03-31"), t("2027-01-01T00:00:00.000Z"), &days),
-            None
-        );
-        // An SLA ending on 2027-01-31 covers that day: 31 days are left on 2027-01-01,
-        // 30 from 2027-01-02T00:00Z (the instant the appliance's banner warns too).
-        assert_eq!(
-            stage(d("2027-01-31"), t("2027-01-01T23:59:59.999Z"), &days),
-            None
-        );
-        assert_eq!(
-            stage(d("2027-01-31"), t("2027-01-02T00:00:00.000Z"), &days).as_deref(),
-            Some("30")
-        );
-        assert_eq!(
-            stage(d("2027-01-07"), t("2027-01-01T00:00:00.000Z"), &days).as_deref(),
-            Some("7")
-        );
-        assert_eq!(
-            stage(d("2027-01-05"), t("2027-01-01T12:00:00.000Z"), &days).as_deref(),
-            Some("7")
-        );
-        // The last day: 1 day left, all day long.
-        assert_eq!(
-            stage(d("2027-01-01"), t("2027-01-01T00:00:00.000Z"), &days).as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            stage(d("2027-01-01"), t("2027-01-01T23:59:59.999Z"), &days).as_deref(),
-            Some("1")
-        );
+        for (ends, now, want) in [
+            ("2027-03-31", "2027-01-01T00:00:00.000Z", None),
+            // An SLA ending on 2027-01-31 covers that day: 31 days are left on
+            // 2027-01-01, 30 from 2027-01-02T00:00Z (when the appliance's banner warns).
+            ("2027-01-31", "2027-01-01T23:59:59.999Z", None),
+            ("2027-01-31", "2027-01-02T00:00:00.000Z", Some("30")),
+            ("2027-01-07", "2027-01-01T00:00:00.000Z", Some("7")),
+            ("2027-01-05", "2027-01-01T12:00:00.000Z", Some("7")),
+            // The last day: 1 day left, all day long.
+            ("2027-01-01", "2027-01-01T00:00:00.000Z", Some("1")),
+            ("2027-01-01", "2027-01-01T23:59:59.999Z", Some("1")),
+            // Ended from 00:00:00.000Z of the next day.
+            ("2026-12-31", "2027-01-01T00:00:00.000Z", Some("ended")),
+        ] {
+            assert_eq!(
+                stage(d(ends), t(now), &days).as_deref(),
+                want,
+                "{ends} at {now}"
+            );
+        }
         assert_eq!(
             days_left(d("2027-01-01"), t("2027-01-01T23:59:59.999Z")),
             Some(1)
-        );
-        // Ended from 00:00:00.000Z of the next day.
-        assert_eq!(
-            stage(d("2026-12-31"), t("2027-01-01T00:00:00.000Z"), &days).as_deref(),
-            Some("ended")
         );
         assert_eq!(
             days_left(d("2026-12-31"), t("2027-01-01T00:00:00.000Z")),

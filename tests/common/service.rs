@@ -78,21 +78,29 @@ pub fn init_db(sb: &Sandbox) -> (PathBuf, [u8; PUBLIC_KEY_LEN]) {
 
 /// `vmledger admin sla set SERIAL --ends ENDS --activation-code CODE` through the binary.
 pub fn sla(sb: &Sandbox, db: &Path, serial: &str, ends: &str, code: &str) -> Value {
-    sb.cmd([
-        "admin",
-        "sla",
-        "set",
-        serial,
-        "--ends",
-        ends,
-        "--activation-code",
-        code,
-        "--json",
-        "--db",
-    ])
-    .arg(db)
-    .ok()
-    .json()
+    sla_set(sb, db, serial, ends, Some(code), None)
+}
+
+/// `vmledger admin sla set SERIAL --ends ENDS [--activation-code CODE] [--contact EMAIL]
+/// --json` through the binary (the output checked against its schema).
+pub fn sla_set(
+    sb: &Sandbox,
+    db: &Path,
+    serial: &str,
+    ends: &str,
+    code: Option<&str>,
+    contact: Option<&str>,
+) -> Value {
+    let mut c = sb.cmd(["admin", "sla", "set", serial, "--ends", ends, "--json"]);
+    if let Some(code) = code {
+        c = c.arg("--activation-code").arg(code);
+    }
+    if let Some(contact) = contact {
+        c = c.arg("--contact").arg(contact);
+    }
+    let doc = c.arg("--db").arg(db).ok().json();
+    validate("admin-sla", &doc);
+    doc
 }
 
 /// `vmledger admin show WHAT --json`.
