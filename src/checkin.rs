@@ -7,8 +7,12 @@
 //!
 //! Entries are committed in the ledger before they are sent (they are read from it), so a
 //! crash after sending can never look like a fork. The URL, the timeout and the pinned
-//! keys are inputs ([`Service`], [`Options`]), so tests and the service's end-to-end tests
-//! drive this module directly.
+//! keys are inputs ([`Service`], [`Options`]). [`sign_request`] is the one place a
+//! check-in request is built and [`decode_reply`] the one place an answer is decoded: the
+//! load generator and the tests use them too. When the service answers 409
+//! `unknown_prev` or 403 `activation_code_required` (it lost what it knew), [`checkin`]
+//! re-sends what it asks for within the same check-in (see `docs/formats/protocol.md`,
+//! "Conventions both sides follow").
 //!
 //! Owns the `receipts` and `pending_requests` tables (ledger migration 2). Never prints;
 //! never decides the license state (that is [`crate::license`]).

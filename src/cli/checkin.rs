@@ -1,5 +1,7 @@
 //! `vmledger checkin [--request-file OUT | --response-file IN]`: check in with the
-//! licensing service over the network, or through files on an air-gapped site.
+//! licensing service over the network, or through files on an air-gapped site. Requests
+//! carry the hardware summary `boot` records (`fingerprint::boot::current_hardware`).
+//! Output: `vmledger-checkin/v1` (`schemas/checkin.schema.json`).
 //!
 //! Exit: 0 when a receipt was accepted (3 or 4 when the instance is still locked or is
 //! disabled afterwards), 1 when the check-in failed (recorded as `checkin_failed` with its

@@ -1,6 +1,9 @@
 //! The check-in load generator behind `vmledger bench checkin`: N simulated instances
 //! (real Ed25519 keys, real signed hash-chained entries built in memory) check in with a
-//! running service over HTTP on loopback.
+//! running service over HTTP on loopback. Requests are signed by the agent's own request
+//! builder ([`crate::checkin::sign_request`]) and answers decoded by its decoder
+//! ([`crate::checkin::decode_reply`]); only the transport differs (async keep-alive
+//! connections, [`super::client`]).
 //!
 //! Open loop: instance `i` is scheduled every `N / rate` seconds at its own phase, and
 //! latency is measured from the *scheduled* time, so a slow service shows up as latency
