@@ -12,6 +12,9 @@
 //! - `images`: for each `[fingerprint] images` disk image, `{"path","image_format",
 //!   "virtual_size","content_root"}` or `{"path","error"}` (see `docs/formats/image.md`).
 //!
+//! [`summary`] and [`current_hardware`] give the same hardware member to `vmledger
+//! checkin`, whose requests carry it.
+//!
 //! Nothing here can stop a boot from being recorded: a fingerprint that cannot be taken is
 //! recorded as an error and reported as a note. Reads the ledger; never writes it (the
 //! caller appends the entry).
@@ -93,11 +96,34 @@ fn hardware_at_boot(
             }),
         );
     }
-    out.data.insert(
-        "hardware".into(),
-        json!({"digest": fp.digest, "components": recorded}),
-    );
+    out.data
+        .insert("hardware".into(), summary_of(&fp.digest, recorded));
     Ok(())
+}
+
+fn summary_of(digest: &str, components: Vec<Value>) -> Value {
+    json!({"digest": digest, "components": components})
+}
+
+/// The hardware summary of a fingerprint, as `boot` records it in its entry and check-in
+/// requests carry it (`hardware` member): `{"digest", "components": [{"name","class",
+/// "digest"} | {"name","class","unavailable"}]}`. Digests only, never values.
+pub fn summary(fp: &hardware::Fingerprint) -> Value {
+    summary_of(
+        &fp.digest,
+        fp.components.iter().map(record_component).collect(),
+    )
+}
+
+/// This guest's hardware summary now (see [`summary`]), or `None` when the configuration
+/// turns hardware fingerprints off (`[fingerprint] hardware = false`).
+pub fn current_hardware(cfg: &Config) -> Result<Option<Value>, hardware::HardwareError> {
+    if !cfg.fingerprint.hardware {
+        return Ok(None);
+    }
+    Ok(Some(summary(&hardware::guest::fingerprint(
+        &cfg.hardware.root,
+    )?)))
 }
 
 fn record_component(c: &Component) -> Value {
