@@ -33,7 +33,9 @@ pub struct Args {
 /// One side of a comparison: a JSON fingerprint document or a disk image.
 #[derive(Debug)]
 pub enum Operand {
-    /// A JSON document with its `format` and parsed value.
+    /// A JSON document with its `format` and parsed value. A `vmledger-manifest/v1` (which
+    /// may be tens of MiB) is not parsed here: its `value` is `Null` and the image diff
+    /// streams the file itself.
     Document {
         path: PathBuf,
         format: String,
@@ -82,26 +84,50 @@ pub fn classify(path: &Path) -> anyhow::Result<Operand> {
     let n =
         read_up_to(&mut f, &mut head).with_context(|| format!("cannot read {}", path.display()))?;
     let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') && meta.is_file() && meta.len() <= MAX_DOCUMENT {
-        let text =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let value: serde_json::Value = serde_json::from_slice(&text)
-            .with_context(|| format!("{} starts like JSON but does not parse", path.display()))?;
-        let format = value
-            .get("format")
-            .and_then(|f| f.as_str())
-            .with_context(|| {
-                format!(
-                    "{}: JSON document without a `format` member",
-                    path.display()
-                )
-            })?
-            .to_string();
-        return Ok(Operand::Document {
-            path: path.to_path_buf(),
-            format,
-            value,
-        });
+    if first == Some(&b'{') && meta.is_file() {
+        // Find the `format` first, streaming (a manifest of a large image is tens of MiB:
+        // it is not loaded as a `serde_json::Value`; its reader streams it again).
+        #[derive(serde::Deserialize)]
+        struct Head {
+            format: Option<serde_json::Value>,
+        }
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        );
+        let head: Result<Head, _> = serde_json::from_reader(reader);
+        if let Ok(Head {
+            format: Some(serde_json::Value::String(format)),
+        }) = &head
+            && format == crate::fingerprint::image::MANIFEST_FORMAT
+        {
+            return Ok(Operand::Document {
+                path: path.to_path_buf(),
+                format: format.clone(),
+                value: serde_json::Value::Null,
+            });
+        }
+        if meta.len() <= MAX_DOCUMENT {
+            let text =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_slice(&text).with_context(|| {
+                format!("{} starts like JSON but does not parse", path.display())
+            })?;
+            let format = value
+                .get("format")
+                .and_then(|f| f.as_str())
+                .with_context(|| {
+                    format!(
+                        "{}: JSON document without a `format` member",
+                        path.display()
+                    )
+                })?
+                .to_string();
+            return Ok(Operand::Document {
+                path: path.to_path_buf(),
+                format,
+                value,
+            });
+        }
     }
     Ok(Operand::Image {
         path: path.to_path_buf(),

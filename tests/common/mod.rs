@@ -3,6 +3,7 @@
 //! what it printed.
 #![allow(dead_code)]
 
+pub mod images;
 pub mod schemas;
 pub mod service;
 
@@ -177,3 +178,4 @@ pub fn require(prog: &str) {
 pub mod hwfix;
 pub mod schema;
 pub mod treefix;
+pub mod watch;

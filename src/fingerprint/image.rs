@@ -1,1 +1,0 @@
-//! image fingerprints (to be built: see the image fingerprint issue).

@@ -1,0 +1,370 @@
+//! The hashing pipeline: one reader, several hashers.
+//!
+//! The calling thread walks the image in guest order, one 4 MiB chunk at a time, and
+//! fills a chunk buffer from the chain's extents (zeros, positioned reads of data, and the
+//! compressed bytes of compressed clusters); so files are read sequentially, which suits a
+//! spinning disk. Hasher threads decompress those clusters into a fixed cluster buffer and
+//! SHA-256 the chunk; when every buffer is busy the reader hashes a queued chunk itself
+//! instead of waiting (on a loaded machine this keeps the pipeline full). A chunk that is
+//! all zeros (holes, zero or unallocated clusters) is not read or hashed at all: its
+//! digest is computed once per length and reused.
+//!
+//! Memory is bounded by the pool: `threads + 2` chunk buffers (4 MiB each, plus at most
+//! [`COMP_BUDGET`] of compressed bytes), a cluster buffer per hasher, and the digests of
+//! at most [`MAX_PENDING`] chunks that finish out of order. Digests leave in guest order
+//! through a callback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use super::chain::Chain;
+use super::decompress::decompress_cluster;
+use super::error::ImageError;
+use super::map::{Compression, Extent, Piece};
+use super::source::ImageFile;
+use super::{CHUNK_SIZE, Digest, Progress};
+
+/// Most compressed bytes gathered for one chunk before the reader decompresses them
+/// itself (QEMU's compressed clusters are at most a cluster plus a sector, so a chunk's
+/// rarely exceed this; crafted tables may claim up to two clusters each).
+const COMP_BUDGET: usize = 4 << 20;
+
+/// Most finished digests held back waiting for an earlier chunk.
+const MAX_PENDING: usize = 1024;
+
+/// A compressed cluster (or part of one) to decompress into the chunk.
+#[derive(Debug)]
+struct CompPiece {
+    /// Offset in the chunk and length.
+    dst: usize,
+    len: usize,
+    /// Where the piece starts in the decompressed cluster.
+    skip: usize,
+    /// The compressed bytes in `Job::comp`.
+    src: Range<usize>,
+    cluster: usize,
+    algo: Compression,
+    file: usize,
+    host: u64,
+    guest: u64,
+}
+
+#[derive(Debug, Default)]
+struct Job {
+    index: u64,
+    len: usize,
+    buf: Vec<u8>,
+    comp: Vec<u8>,
+    pieces: Vec<CompPiece>,
+}
+
+struct Done {
+    index: u64,
+    result: Result<Digest, ImageError>,
+    job: Job,
+}
+
+/// What hashing produced.
+#[derive(Debug)]
+pub struct Hashed {
+    pub root: Digest,
+    pub allocated_bytes: u64,
+}
+
+/// Hash every chunk of `chain` on `threads` hasher threads, passing each chunk digest in
+/// order to `sink` and progress to `progress`.
+pub fn hash_chain(
+    chain: &mut Chain,
+    threads: usize,
+    progress: Option<&(dyn Fn(Progress) + Sync)>,
+    sink: &mut dyn FnMut(u64, &Digest) -> Result<(), ImageError>,
+) -> Result<Hashed, ImageError> {
+    let size = chain.virtual_size();
+    let chunks = size.div_ceil(CHUNK_SIZE);
+    let threads = threads.max(1);
+    let files: Vec<Arc<ImageFile>> = chain.files.clone();
+    for f in &files {
+        f.advise_sequential();
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    let pool = threads + 2;
+    let (job_tx, job_rx) = sync_channel::<Job>(pool);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = channel::<Done>();
+
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let (job_rx, paths) = (&job_rx, &paths);
+            s.spawn(move || hasher(job_rx, done_tx, paths));
+        }
+        drop(done_tx);
+        let mut state = Reader {
+            chain,
+            files: &files,
+            size,
+            sink,
+            progress,
+            root: Sha256::new(),
+            next: 0,
+            pending: BTreeMap::new(),
+            zero: HashMap::new(),
+            allocated: 0,
+            free: (0..pool).map(|_| Job::default()).collect(),
+            in_flight: 0,
+            extents: Vec::new(),
+            cluster_buf: Vec::new(),
+            paths: &paths,
+        };
+        let result = state.run(chunks, &job_tx, &job_rx, &done_rx);
+        drop(job_tx);
+        // Let the hashers finish what they hold before the scope joins them.
+        while state.in_flight > 0 {
+            if done_rx.recv().is_err() {
+                break;
+            }
+            state.in_flight -= 1;
+        }
+        result.map(|()| Hashed {
+            root: state.root.finalize().into(),
+            allocated_bytes: state.allocated,
+        })
+    })
+}
+
+struct Reader<'a, 'b> {
+    chain: &'a mut Chain,
+    files: &'a [Arc<ImageFile>],
+    size: u64,
+    sink: &'a mut dyn FnMut(u64, &Digest) -> Result<(), ImageError>,
+    progress: Option<&'b (dyn Fn(Progress) + Sync)>,
+    root: Sha256,
+    /// The next chunk index to pass to the sink.
+    next: u64,
+    pending: BTreeMap<u64, Digest>,
+    zero: HashMap<usize, Digest>,
+    allocated: u64,
+    free: Vec<Job>,
+    in_flight: usize,
+    extents: Vec<Extent>,
+    cluster_buf: Vec<u8>,
+    paths: &'a [PathBuf],
+}
+
+impl Reader<'_, '_> {
+    fn run(
+        &mut self,
+        chunks: u64,
+        job_tx: &std::sync::mpsc::SyncSender<Job>,
+        job_rx: &Mutex<Receiver<Job>>,
+        done_rx: &Receiver<Done>,
+    ) -> Result<(), ImageError> {
+        for index in 0..chunks {
+            let start = index * CHUNK_SIZE;
+            let len = (self.size - start).min(CHUNK_SIZE) as usize;
+            self.extents.clear();
+            self.chain.plan(start, len as u64, &mut self.extents)?;
+            if self.extents.iter().all(|e| e.piece == Piece::Zero) {
+                // Zero chunks are quick; don't let them pile up behind a chunk that is
+                // still being hashed (the reorder window stays small).
+                while self.in_flight > 0 && self.pending.len() >= MAX_PENDING {
+                    self.receive(done_rx)?;
+                }
+                let d = *self
+                    .zero
+                    .entry(len)
+                    .or_insert_with(|| Sha256::digest(vec![0u8; len]).into());
+                self.pending.insert(index, d);
+                self.flush()?;
+                continue;
+            }
+            let mut job = loop {
+                if let Some(job) = self.free.pop() {
+                    break job;
+                }
+                // Every buffer is busy: rather than wait, hash a queued chunk here (on a
+                // loaded machine this keeps the pipeline full), else wait for one.
+                if let Some(job) = steal(job_rx) {
+                    let done = process(job, &mut self.cluster_buf, self.paths);
+                    self.finish(done)?;
+                    continue;
+                }
+                self.receive(done_rx)?;
+            };
+            job.index = index;
+            job.len = len;
+            if let Err(e) = self.fill(&mut job, start) {
+                self.free.push(job);
+                return Err(e);
+            }
+            if job_tx.send(job).is_err() {
+                // Only if every hasher died, which they do not do.
+                break;
+            }
+            self.in_flight += 1;
+            // Collect whatever is already done without waiting.
+            while let Ok(done) = done_rx.try_recv() {
+                self.finish(done)?;
+            }
+        }
+        while self.in_flight > 0 {
+            self.receive(done_rx)?;
+        }
+        if self.next != chunks {
+            return Err(ImageError::io(
+                &self.files[0].path,
+                "hashing",
+                std::io::Error::other("a hashing thread stopped early"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn receive(&mut self, done_rx: &Receiver<Done>) -> Result<(), ImageError> {
+        match done_rx.recv() {
+            Ok(done) => self.finish(done),
+            Err(_) => Err(ImageError::io(
+                &self.files[0].path,
+                "hashing",
+                std::io::Error::other("the hashing threads stopped"),
+            )),
+        }
+    }
+
+    fn finish(&mut self, done: Done) -> Result<(), ImageError> {
+        self.in_flight -= 1;
+        let Done { index, result, job } = done;
+        self.free.push(job);
+        self.pending.insert(index, result?);
+        self.flush()
+    }
+
+    /// Pass finished digests to the sink in order.
+    fn flush(&mut self) -> Result<(), ImageError> {
+        while let Some(d) = self.pending.remove(&self.next) {
+            self.root.update(d);
+            (self.sink)(self.next, &d)?;
+            self.next += 1;
+            if let Some(p) = self.progress {
+                p(Progress {
+                    done: (self.next * CHUNK_SIZE).min(self.size),
+                    total: self.size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Fill `job` with chunk bytes (compressed clusters are left to the hasher).
+    fn fill(&mut self, job: &mut Job, start: u64) -> Result<(), ImageError> {
+        job.buf.resize(job.len, 0);
+        job.comp.clear();
+        job.pieces.clear();
+        for e in &self.extents {
+            let dst = (e.guest - start) as usize;
+            let len = e.len as usize;
+            match e.piece {
+                Piece::Zero | Piece::Unallocated => job.buf[dst..dst + len].fill(0),
+                Piece::Data { file, host } => {
+                    self.files[file].read_exact_at(&mut job.buf[dst..dst + len], host)?;
+                    self.allocated += e.len;
+                }
+                Piece::Compressed {
+                    file,
+                    host,
+                    csize,
+                    cluster,
+                    skip,
+                    algo,
+                } => {
+                    // Keep a job's compressed bytes within budget: past it, decompress
+                    // what is gathered here, in the reader.
+                    if job.comp.len() + csize as usize > COMP_BUDGET && !job.pieces.is_empty() {
+                        decompress_pieces(job, &mut self.cluster_buf, self.paths)?;
+                    }
+                    let at = job.comp.len();
+                    job.comp.resize(at + csize as usize, 0);
+                    self.files[file].read_exact_at(&mut job.comp[at..], host)?;
+                    self.allocated += csize;
+                    job.pieces.push(CompPiece {
+                        dst,
+                        len,
+                        skip: skip as usize,
+                        src: at..at + csize as usize,
+                        cluster: cluster as usize,
+                        algo,
+                        file,
+                        host,
+                        guest: e.guest - u64::from(skip),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A queued job, if one is waiting and no hasher holds the queue.
+fn steal(jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
+    jobs.try_lock().ok()?.try_recv().ok()
+}
+
+fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
+    let mut cluster_buf: Vec<u8> = Vec::new();
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        if done.send(process(job, &mut cluster_buf, paths)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Decompress a job's compressed clusters into its buffer and hash it.
+fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
+    let result = decompress_pieces(&mut job, cluster_buf, paths)
+        .map(|()| Sha256::digest(&job.buf[..job.len]).into());
+    Done {
+        index: job.index,
+        result,
+        job,
+    }
+}
+
+/// Decompress the job's compressed clusters into its buffer, then forget them.
+fn decompress_pieces(
+    job: &mut Job,
+    cluster_buf: &mut Vec<u8>,
+    paths: &[PathBuf],
+) -> Result<(), ImageError> {
+    for p in &job.pieces {
+        cluster_buf.resize(p.cluster, 0);
+        if let Err(problem) = decompress_cluster(p.algo, &job.comp[p.src.clone()], cluster_buf) {
+            return Err(ImageError::malformed(
+                &paths[p.file],
+                format!(
+                    "the compressed cluster for guest offset {:#x} (at {:#x}, {} bytes, {}) is bad: {problem}",
+                    p.guest,
+                    p.host,
+                    p.src.len(),
+                    match p.algo {
+                        Compression::Deflate => "deflate",
+                        Compression::Zstd => "zstd",
+                    }
+                ),
+            ));
+        }
+        job.buf[p.dst..p.dst + p.len].copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
+    }
+    job.pieces.clear();
+    job.comp.clear();
+    Ok(())
+}
