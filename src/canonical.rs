@@ -66,11 +66,15 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            // The map iterates in UTF-8 (code point) order; only names with characters
-            // beyond the BMP can sort differently by UTF-16 code units.
-            if members
-                .iter()
-                .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
+            // Without serde_json's `preserve_order` feature the map iterates in code point
+            // order, which equals UTF-16 order unless a name has characters beyond the BMP.
+            // Sort whenever either assumption fails, so a feature enabled by some other
+            // crate can never change the bytes.
+            let in_order = members.windows(2).all(|w| w[0].0 < w[1].0);
+            if !in_order
+                || members
+                    .iter()
+                    .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
             {
                 members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
             }
