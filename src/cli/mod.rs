@@ -9,6 +9,7 @@ mod admin;
 mod bench;
 mod boot;
 mod checkin;
+mod crosscheck;
 pub mod diff;
 mod diff_hardware;
 mod diff_image;
@@ -23,6 +24,7 @@ mod ledger;
 mod output;
 mod serve;
 mod service;
+mod simulate;
 mod status;
 mod watch;
 
@@ -100,6 +102,10 @@ pub enum Command {
     /// Load generators that measure the service
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Cross-check exported ledgers for restored, duplicate and switching copies (exit 1 when flagged)
+    Crosscheck(crosscheck::Args),
+    /// Write a simulated fleet's signed exports and ground-truth labels (accuracy and scale runs)
+    Simulate(simulate::Args),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -140,6 +146,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Service(c) => service::run(&ctx, c),
         Command::Admin(c) => admin::run(&ctx, c),
         Command::Bench(c) => bench::run(&ctx, c),
+        Command::Crosscheck(a) => crosscheck::run(&ctx, a),
+        Command::Simulate(a) => simulate::run(&ctx, a),
     }
 }
 

@@ -784,8 +784,32 @@ impl InstanceState {
             branch: id,
             seq: node.seq,
         };
-        let before = self.clone();
         let idx = id as usize;
+        // The common case (extending the primary, or a disabled branch) needs no snapshot
+        // of the state: decide it before cloning anything.
+        match &self.branches[idx].state {
+            BranchState::Primary => {
+                self.branches[idx].tip = nref;
+                self.branches[idx].entries += 1;
+                return Ok(Outcome {
+                    loc,
+                    decision: Decision::Extended,
+                });
+            }
+            BranchState::Disabled {
+                reason, verdict, ..
+            } => {
+                let decision = Decision::StillDisabled {
+                    reason: *reason,
+                    verdict: *verdict,
+                };
+                self.branches[idx].tip = nref;
+                self.branches[idx].entries += 1;
+                return Ok(Outcome { loc, decision });
+            }
+            _ => {}
+        }
+        let before = self.clone();
         self.branches[idx].tip = nref.clone();
         self.branches[idx].entries += 1;
         let window = policy.window(&self.instance, observed).cloned();
