@@ -6,6 +6,7 @@
 //! prints or exits.
 
 mod admin;
+mod backup;
 mod bench;
 mod boot;
 mod checkin;
@@ -18,6 +19,7 @@ mod fingerprint_hardware;
 mod fingerprint_image;
 mod fingerprint_tree;
 mod gate;
+mod hook;
 mod init;
 mod ledger;
 mod output;
@@ -100,6 +102,12 @@ pub enum Command {
     /// Load generators that measure the service
     #[command(subcommand)]
     Bench(bench::Command),
+    /// Hypervisor hooks (libvirt, Proxmox VE): the duplicate-start guard and host ledgers
+    #[command(subcommand)]
+    Hook(hook::Command),
+    /// Signed backup manifests, and verifying a backup before a restore
+    #[command(subcommand)]
+    Backup(backup::Command),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -140,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Service(c) => service::run(&ctx, c),
         Command::Admin(c) => admin::run(&ctx, c),
         Command::Bench(c) => bench::run(&ctx, c),
+        Command::Hook(c) => hook::run(&ctx, c),
+        Command::Backup(c) => backup::run(&ctx, c),
     }
 }
 
