@@ -153,6 +153,26 @@ impl Serialize for HexList<'_> {
     }
 }
 
+struct HexDigest(Digest);
+
+impl<'de> Deserialize<'de> for HexDigest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HexDigest;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a SHA-256 digest as 64 lowercase hex digits")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HexDigest, E> {
+                image::parse_hex(s)
+                    .map(HexDigest)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 struct Digests(Vec<Digest>);
 
 impl<'de> Deserialize<'de> for Digests {
@@ -165,18 +185,13 @@ impl<'de> Deserialize<'de> for Digests {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Digests, A::Error> {
                 let mut v = Vec::new();
-                while let Some(s) = seq.next_element::<&str>()? {
+                while let Some(HexDigest(d)) = seq.next_element()? {
                     if v.len() as u64 >= chunk_count(MAX_VIRTUAL_SIZE) {
                         return Err(de::Error::custom(
                             "more chunk digests than a 16 TiB image has",
                         ));
                     }
-                    v.push(image::parse_hex(s).ok_or_else(|| {
-                        de::Error::custom(format!(
-                            "chunk digest {} is not 64 lowercase hex digits",
-                            v.len()
-                        ))
-                    })?);
+                    v.push(d);
                 }
                 Ok(Digests(v))
             }

@@ -218,6 +218,8 @@ fn libvirtd_answers() -> bool {
 fn restart_libvirtd() {
     let systemd = Command::new("systemctl")
         .args(["is-active", "--quiet", "libvirtd"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if systemd {
