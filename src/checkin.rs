@@ -7,8 +7,12 @@
 //!
 //! Entries are committed in the ledger before they are sent (they are read from it), so a
 //! crash after sending can never look like a fork. The URL, the timeout and the pinned
-//! keys are inputs ([`Service`], [`Options`]), so tests and the service's end-to-end tests
-//! drive this module directly.
+//! keys are inputs ([`Service`], [`Options`]). [`sign_request`] is the one place a
+//! check-in request is built and [`decode_reply`] the one place an answer is decoded: the
+//! load generator and the tests use them too. When the service answers 409
+//! `unknown_prev` or 403 `activation_code_required` (it lost what it knew), [`checkin`]
+//! re-sends what it asks for within the same check-in (see `docs/formats/protocol.md`,
+//! "Conventions both sides follow").
 //!
 //! Owns the `receipts` and `pending_requests` tables (ledger migration 2). Never prints;
 //! never decides the license state (that is [`crate::license`]).
@@ -22,7 +26,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::ServiceSection;
 use crate::identity::{IdentityError, Instance, ServiceSettings};
-use crate::keys::{self, PUBLIC_KEY_LEN};
+use crate::keys::{self, PUBLIC_KEY_LEN, SigningKey};
 use crate::ledger::{Entry, Ledger, LedgerError};
 use crate::license::observe::{self, LicenseError, kind};
 use crate::license::{parse_date, trusted};
@@ -53,7 +57,7 @@ pub mod failure {
     /// Any other transport failure.
     pub const TRANSPORT: &str = "transport";
     /// The service answered non-2xx (`data.http_status`, and `data.service_error` when it
-    /// sent a `vmledger-service-error/v1` body).
+    /// sent a `vmledger-service-error/v1` body), other than for an unknown serial.
     pub const REFUSED: &str = "refused";
     /// The answer (or response file) is not a well-formed receipt.
     pub const MALFORMED: &str = "malformed";
@@ -73,7 +77,8 @@ pub mod failure {
     pub const STALE: &str = "stale";
     /// The service's acknowledged head is not an entry of this ledger.
     pub const DIVERGED: &str = "diverged";
-    /// The service does not know this serial (a valid receipt with `unknown_serial`).
+    /// The service does not know this serial: it answered 404 `unknown_serial` (or a
+    /// valid receipt with status `unknown_serial`).
     pub const UNKNOWN_SERIAL: &str = "unknown_serial";
 }
 
@@ -273,8 +278,35 @@ pub fn acknowledged(ledger: &Ledger) -> Result<Option<(u64, String)>, CheckinErr
     Ok(seq.zip(hash).map(|(s, h)| (s, h.to_string())))
 }
 
-/// Build and sign a request carrying every entry with `seq >= from`. The activation code
-/// goes along until the instance's first successful check-in.
+/// Sign a check-in request: the one place a `vmledger-checkin-request/v1` is built (the
+/// agent through [`prepare`], the load generator from its in-memory ledgers, and tests).
+/// `entries` must be one chain in seq order; a fresh random nonce is drawn here.
+pub fn sign_request(
+    serial: &str,
+    key: &SigningKey,
+    instance: &str,
+    entries: Vec<Entry>,
+    activation_code: Option<String>,
+    hardware: Option<Value>,
+    sent_at: DateTime<Utc>,
+) -> Result<CheckinRequest, CheckinError> {
+    let nonce = hex::encode(keys::random_bytes::<16>().map_err(IdentityError::from)?);
+    let body = CheckinBody {
+        serial: serial.to_string(),
+        instance: instance.to_string(),
+        public_key: key.public_key_b64(),
+        nonce,
+        sent_at: time::format_at(sent_at),
+        activation_code,
+        entries,
+        hardware,
+    };
+    Ok(CheckinRequest::sign(body, key)?)
+}
+
+/// Build and sign a request from an instance's state: every ledger entry with
+/// `seq >= from`, sent at trusted time. The activation code goes along until the
+/// instance's first successful check-in (the first `checkin` entry), never after.
 pub fn prepare(
     inst: &Instance,
     ledger: &Ledger,
@@ -283,30 +315,43 @@ pub fn prepare(
     hardware: Option<Value>,
     clock: &dyn Clock,
 ) -> Result<Prepared, CheckinError> {
+    prepare_with(inst, ledger, service, from, false, hardware, clock)
+}
+
+/// [`prepare`], sending the activation code also after the first successful check-in
+/// when `force_code` (the service answered `activation_code_required`: it lost the
+/// instance, e.g. its database was restored from a backup older than the activation).
+fn prepare_with(
+    inst: &Instance,
+    ledger: &Ledger,
+    service: &Service,
+    from: u64,
+    force_code: bool,
+    hardware: Option<Value>,
+    clock: &dyn Clock,
+) -> Result<Prepared, CheckinError> {
     let serial = inst.settings.serial.clone().ok_or(CheckinError::NoSerial)?;
     let lf = observe::read_facts(inst, ledger)?;
     let now = trusted::trusted_now(&lf.time_inputs(clock));
     let entries = ledger.entries_from(from)?;
-    let nonce = hex::encode(keys::random_bytes::<16>().map_err(IdentityError::from)?);
-    let activation_code = if lf.facts.lease.is_none() {
+    let activation_code = if lf.facts.lease.is_none() || force_code {
         service.activation_code.clone()
     } else {
         None
     };
     let first_seq = entries.first().map(|e| e.body.seq);
     let last_seq = entries.last().map(|e| e.body.seq);
-    let body = CheckinBody {
-        serial,
-        instance: inst.settings.instance.clone(),
-        public_key: inst.settings.public_key.clone(),
-        nonce,
-        sent_at: time::format_at(now.now),
-        activation_code,
+    let request = sign_request(
+        &serial,
+        &inst.key,
+        &inst.settings.instance,
         entries,
+        activation_code,
         hardware,
-    };
+        now.now,
+    )?;
     Ok(Prepared {
-        request: CheckinRequest::sign(body, &inst.key)?,
+        request,
         first_seq,
         last_seq,
     })
@@ -336,6 +381,15 @@ fn transport_failure(e: ureq::Error, timeout: Duration) -> Failure {
         ),
         E::HostNotFound => Failure::new(failure::CONNECT, "host not found"),
         E::ConnectionFailed => Failure::new(failure::CONNECT, "connection failed"),
+        // A failed handshake (an unverifiable certificate, ...) reaches us as an I/O error
+        // wrapping the rustls error.
+        E::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>()) =>
+        {
+            Failure::new(failure::TLS, io.to_string())
+        }
         E::Io(io) => match io.kind() {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Failure::new(
                 failure::TIMEOUT,
@@ -394,17 +448,25 @@ pub fn post(url: &str, request: &CheckinRequest, timeout: Duration) -> Result<Re
         .send(&body[..])
         .map_err(|e| transport_failure(e, timeout))?;
     let status = response.status().as_u16();
-    let text = response
+    let bytes = response
         .into_body()
         .with_config()
         .limit(MAX_RESPONSE_BYTES)
-        .read_to_string()
+        .read_to_vec()
         .map_err(|e| transport_failure(e, timeout))?;
+    decode_reply(status, &bytes, &endpoint)
+}
+
+/// Decode the service's answer to a check-in: a 2xx body must be a receipt (not yet
+/// verified), anything else is a refusal with its `vmledger-service-error/v1` body when
+/// it has one. `from` names the endpoint in messages. (The agent and the load generator
+/// both decode answers here.)
+pub fn decode_reply(status: u16, body: &[u8], from: &str) -> Result<Reply, Failure> {
     if (200..300).contains(&status) {
-        let receipt: Receipt = serde_json::from_str(&text).map_err(|e| {
+        let receipt: Receipt = serde_json::from_slice(body).map_err(|e| {
             let mut f = Failure::new(
                 failure::MALFORMED,
-                format!("HTTP {status} from {endpoint} is not a receipt: {e}"),
+                format!("HTTP {status} from {from} is not a receipt: {e}"),
             );
             f.http_status = Some(status);
             f
@@ -413,7 +475,7 @@ pub fn post(url: &str, request: &CheckinRequest, timeout: Duration) -> Result<Re
     } else {
         Ok(Reply::Refused {
             status,
-            error: serde_json::from_str::<ServiceError>(&text).ok(),
+            error: serde_json::from_slice::<ServiceError>(body).ok(),
         })
     }
 }
@@ -705,8 +767,16 @@ impl Default for Options {
     }
 }
 
-/// Check in over the network and record the outcome. A 409 `unknown_prev` answer makes one
-/// more attempt from the service's acknowledged head.
+/// Check in over the network and record the outcome.
+///
+/// Two answers make the agent try again at once (each at most once, so a check-in is at
+/// most three requests):
+/// - 409 `unknown_prev` (the service never received an entry's predecessor, e.g. its
+///   database was restored from a backup): re-send from the service's acknowledged head
+///   when that entry is in this ledger, else from genesis (the service stores what it
+///   already holds idempotently and judges the rest);
+/// - 403 `activation_code_required` after this instance's first successful check-in (the
+///   service lost the instance): re-send with the stored activation code.
 pub fn checkin(
     inst: &mut Instance,
     ledger: &Ledger,
@@ -721,8 +791,17 @@ pub fn checkin(
     let serial = inst.settings.serial.clone().ok_or(CheckinError::NoSerial)?;
     let mut from = acknowledged(ledger)?.map_or(0, |(s, _)| s + 1);
     let mut resynced = false;
+    let mut force_code = false;
     loop {
-        let prepared = prepare(inst, ledger, service, from, opts.hardware.clone(), clock)?;
+        let prepared = prepare_with(
+            inst,
+            ledger,
+            service,
+            from,
+            force_code,
+            opts.hardware.clone(),
+            clock,
+        )?;
         let fail = |f: Failure| -> Result<Outcome, CheckinError> {
             let entry = record_failure(inst, ledger, &f, Via::Network, Some(&url), clock)?;
             Ok(Outcome::Failed { failure: f, entry })
@@ -731,7 +810,7 @@ pub fn checkin(
             Ok(r) => r,
             Err(f) => return fail(f),
         };
-        match reply {
+        let (status, error) = match reply {
             Reply::Receipt(r) => {
                 let expect = Expect {
                     instance: &inst.settings.instance,
@@ -745,48 +824,51 @@ pub fn checkin(
                 }
                 return accept(inst, ledger, *r, Via::Network, Some(&url), clock);
             }
-            Reply::Refused { status, error } => {
-                if status == 409
-                    && !resynced
-                    && let Some(e) = error.as_ref().filter(|e| e.error == "unknown_prev")
-                {
-                    resynced = true;
-                    match (e.acked_seq, e.acked_hash.as_deref()) {
-                        (None, _) => {
-                            from = 0;
-                            continue;
-                        }
-                        (Some(s), Some(h))
-                            if ledger.entry(s)?.is_some_and(|ours| ours.hash == h) =>
-                        {
-                            from = s + 1;
-                            continue;
-                        }
-                        (s, h) => {
-                            let mut f = Failure::new(
-                                failure::DIVERGED,
-                                format!(
-                                    "the service's acknowledged head (seq {}, hash {}) is not in this ledger",
-                                    s.map_or("none".into(), |s| s.to_string()),
-                                    h.unwrap_or("none")
-                                ),
-                            );
-                            f.http_status = Some(status);
-                            f.service_error = error.clone().map(Box::new);
-                            return fail(f);
-                        }
-                    }
-                }
-                let detail = match &error {
-                    Some(e) => format!("HTTP {status}: {} ({})", e.message, e.error),
-                    None => format!("HTTP {status} from {url}"),
-                };
-                let mut f = Failure::new(failure::REFUSED, detail);
-                f.http_status = Some(status);
-                f.service_error = error.map(Box::new);
-                return fail(f);
-            }
+            Reply::Refused { status, error } => (status, error),
+        };
+        let code = error.as_ref().map(|e| e.error.as_str());
+        if status == 409 && code == Some(protocol::error::UNKNOWN_PREV) && !resynced {
+            resynced = true;
+            let head = error
+                .as_ref()
+                .and_then(|e| e.acked_seq.zip(e.acked_hash.clone()));
+            from = match head {
+                Some((s, h)) if ledger.entry(s)?.is_some_and(|ours| ours.hash == h) => s + 1,
+                // The service holds nothing of this instance, or its head is on another
+                // branch (a copy that forked before it): everything from genesis.
+                _ => 0,
+            };
+            continue;
         }
+        if status == 403
+            && code == Some(protocol::error::ACTIVATION_CODE_REQUIRED)
+            && !force_code
+            && prepared.request.body.activation_code.is_none()
+            && service.activation_code.is_some()
+        {
+            force_code = true;
+            continue;
+        }
+        let (reason, detail) = match (&error, code) {
+            // The service's word for a serial it has no SLA record of: the same reason as
+            // a receipt saying `unknown_serial`, so that `status` can say what to do.
+            (Some(e), Some(protocol::error::UNKNOWN_SERIAL)) => (
+                failure::UNKNOWN_SERIAL,
+                format!(
+                    "HTTP {status}: the licensing service does not know serial {serial}; check the serial, or ask the vendor to register it ({})",
+                    e.message
+                ),
+            ),
+            (Some(e), _) => (
+                failure::REFUSED,
+                format!("HTTP {status}: {} ({})", e.message, e.error),
+            ),
+            (None, _) => (failure::REFUSED, format!("HTTP {status} from {url}")),
+        };
+        let mut f = Failure::new(reason, detail);
+        f.http_status = Some(status);
+        f.service_error = error.map(Box::new);
+        return fail(f);
     }
 }
 

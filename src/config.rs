@@ -153,8 +153,7 @@ pub struct FingerprintSection {
     pub trees: Option<Vec<PathBuf>>,
     /// `--exclude` globs applied to `trees`.
     pub exclude: Option<Vec<String>>,
-    /// Disk images whose fingerprints `boot` records (image fingerprint issue: accepted
-    /// and reported, not hashed yet).
+    /// Disk images whose content roots `boot` records.
     pub images: Option<Vec<PathBuf>>,
 }
 

@@ -142,6 +142,21 @@ pub mod reason {
     pub const SLA_EXPIRED: &str = "sla_expired";
 }
 
+/// `error` codes of `vmledger-service-error/v1` bodies that the agent acts on (the full
+/// list is in `docs/formats/protocol.md`).
+pub mod error {
+    /// HTTP 404: the serial has no SLA record. The agent records `checkin_failed` with
+    /// reason `unknown_serial`.
+    pub const UNKNOWN_SERIAL: &str = "unknown_serial";
+    /// HTTP 409: an entry's `prev` was never received; the body's `acked_seq`/`acked_hash`
+    /// name the service's head for the instance, from which the agent re-sends.
+    pub const UNKNOWN_PREV: &str = "unknown_prev";
+    /// HTTP 403: the instance is new to the service and the request carries no
+    /// activation code. An agent that checked in before (the service lost it) re-sends
+    /// with its stored code.
+    pub const ACTIVATION_CODE_REQUIRED: &str = "activation_code_required";
+}
+
 /// What the service signs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -123,18 +123,38 @@ fn configured_trees_are_fingerprinted_and_failures_never_block_the_boot() {
     let conf = config(
         &sb,
         &format!(
-            "[fingerprint]\ntrees = [\"{}\", \"{}\"]\nexclude = [\"*.log\"]\nimages = [\"/var/lib/app.qcow2\"]\n",
+            "[fingerprint]\ntrees = [\"{}\", \"{}\"]\nexclude = [\"*.log\"]\nimages = [\"{}\", \"{}\"]\n",
             app.display(),
-            sb.join("missing").display()
+            sb.join("missing").display(),
+            sb.join("disk.raw").display(),
+            sb.join("missing.qcow2").display()
         ),
     );
+    // A small raw disk image: 5 MiB of a pattern, so two chunks.
+    let pattern: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(sb.join("disk.raw"), &pattern).unwrap();
     let (_, stderr) = boot(&sb, &conf);
     assert!(stderr.contains("missing"), "{stderr}");
     assert!(
-        stderr.contains("image"),
-        "configured images are reported: {stderr}"
+        stderr.contains("missing.qcow2"),
+        "an unreadable configured image is reported: {stderr}"
     );
     let e = last_entry(&sb);
+    let images = body(&e)["data"]["images"].as_array().unwrap().clone();
+    assert_eq!(images.len(), 2);
+    let fp = sb
+        .cmd(["fingerprint", "image", "--json"])
+        .arg(sb.join("disk.raw"))
+        .ok()
+        .json();
+    assert_eq!(images[0]["content_root"], fp["content_root"]);
+    assert_eq!(images[0]["virtual_size"], 5 << 20);
+    assert!(
+        images[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing.qcow2")
+    );
     let trees = body(&e)["data"]["trees"].as_array().unwrap().clone();
     assert_eq!(trees.len(), 2);
     assert_eq!(

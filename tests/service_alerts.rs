@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::Sandbox;
-use common::service::{ServeProc, init_db, validate};
+use common::service::{ServeProc, init_db, sla_set, validate};
 
 /// A real SMTP server writing every message into a Maildir.
 struct Smtp {
@@ -109,19 +109,7 @@ fn setup(sb: &Sandbox, smtp_port: u16, extra: &str) -> (PathBuf, PathBuf) {
         ("SN-OVER", day(-1), "over@example.com"),
         ("SN-FAR", day(200), "far@example.com"),
     ] {
-        sb.cmd([
-            "admin",
-            "sla",
-            "set",
-            serial,
-            "--ends",
-            &ends,
-            "--contact",
-            contact,
-            "--db",
-        ])
-        .arg(&db)
-        .ok();
+        sla_set(sb, &db, serial, &ends, None, Some(contact));
     }
     let config = sb.join("config.toml");
     std::fs::write(
@@ -235,15 +223,7 @@ fn serve_runs_the_daily_alert_job_in_process() {
     assert_eq!(p.terminate(), 0);
     // A restart does not send them again.
     let p = ServeProc::start(&sb, &db, None, &["--config", config.to_str().unwrap()]);
-    let (s, b) = vmledger::service::client::send_blocking(
-        &p.url,
-        None,
-        "GET",
-        "/metrics",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (s, b) = common::service::http(&p.url, "GET", "/metrics", vec![]);
     assert_eq!(s, 200);
     let text = String::from_utf8(b).unwrap();
     assert!(text.contains("vmledger_alerts_sent_total"), "{text}");

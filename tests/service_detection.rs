@@ -1,14 +1,16 @@
-//! The service's detection rules end to end: a real service (in-process, time injected),
-//! appliance copies made with the real binary (`init`, `boot` under faketime at the
-//! simulated date), state dirs copied to simulate VM copies, check-ins signed with each
-//! copy's real key.
+//! The service's detection rules end to end, with the real agent on both sides of the
+//! wire: a real service (in-process, time injected), appliance copies that are state dirs
+//! driven by the real `vmledger` binary (`init --service ... --activation-code ...`,
+//! `boot`, `checkin`, `status`, under faketime at the simulated date), state dirs copied to
+//! simulate VM copies, backups and snapshots. Each verdict reaches the copy it concerns in
+//! a signed receipt, and the copy enforces it.
 
 mod common;
 
 use chrono::Duration;
 use common::Sandbox;
 use common::service::{
-    Copy, Svc, TestClock, assert_status, init_db, receipt, refused, show, sla, validate,
+    Copy, Reply, Svc, TestClock, assert_status, http, init_db, receipt, show, sla, validate,
 };
 use serde_json::Value;
 use vmledger::protocol::Status;
@@ -31,12 +33,19 @@ impl World {
         World { sb, svc, clock }
     }
 
-    /// A new appliance: init + boot with the real binary, first check-in with the code.
+    /// A new appliance: `init` with the service settings and the activation code, then its
+    /// first `boot`, which checks in (with the code) and activates it.
     fn appliance(&self, name: &str) -> Copy {
-        let c = Copy::init(&self.sb, name, "SN-1", &self.clock.faketime());
-        c.boot(&self.sb, &self.clock);
-        let r = c.checkin(&self.svc.url, &self.svc.key, Some(CODE), &*self.clock);
-        assert_status(&r, Status::Active, None);
+        let c = Copy::init(
+            &self.sb,
+            name,
+            "SN-1",
+            &self.svc.url,
+            &self.svc.key,
+            Some(CODE),
+            &*self.clock,
+        );
+        assert_status(&self.boot(&c), Status::Active, None);
         c
     }
 
@@ -48,12 +57,24 @@ impl World {
         self.clock.advance(Duration::hours(h));
     }
 
-    fn checkin(&self, c: &Copy) -> vmledger::service::client::Reply {
-        c.checkin(&self.svc.url, &self.svc.key, None, &*self.clock)
+    fn checkin(&self, c: &Copy) -> Reply {
+        c.checkin(&*self.clock)
     }
 
-    fn boot(&self, c: &Copy) {
-        c.boot(&self.sb, &self.clock);
+    /// An appliance that checked in for a day, and a copy of its state dir made then (a
+    /// clone, a backup or a snapshot, named `name`).
+    fn copied_on_day_one(name: &str) -> (World, Copy, Copy) {
+        let w = World::new();
+        let a = w.appliance("a");
+        w.day();
+        assert_status(&w.checkin(&a), Status::Active, None);
+        let copy = a.copy_to(&w.sb, name);
+        (w, a, copy)
+    }
+
+    /// `vmledger boot`, which checks in; returns the boot-time check-in.
+    fn boot(&self, c: &Copy) -> Reply {
+        c.boot(&*self.clock).checkin.expect("boot checks in")
     }
 
     fn show(&self, what: &str) -> Value {
@@ -91,6 +112,44 @@ impl World {
             );
         }
     }
+
+    /// The copy learnt from its signed receipt that it is disabled: `status` says so with
+    /// the service's verdict reference (which `admin show` finds), `gate` exits 4, and a
+    /// reboot exits 4.
+    fn enforces_disabled(&self, c: &Copy, reason: &str) {
+        let s = c.status(&*self.clock);
+        assert_eq!(s["state"], "disabled", "{s:#}");
+        assert_eq!(s["reason"], reason, "{s:#}");
+        let verdict = s["verdict"]
+            .as_str()
+            .expect("a verdict reference")
+            .to_string();
+        assert!(s["message"].as_str().unwrap().contains(&verdict), "{s:#}");
+        let doc = self.show(&verdict);
+        assert!(
+            doc["verdicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["id"] == verdict && v["kind"] == reason),
+            "{doc:#}"
+        );
+        let g = c.run(&*self.clock, &["gate"]);
+        assert_eq!(g.code, 4, "{}", g.stderr);
+        assert!(g.stderr.contains(&verdict), "{}", g.stderr);
+        let b = c.boot(&*self.clock);
+        assert_eq!(b.code, 4, "{:#}", b.doc);
+        assert_eq!(b.doc["state"], "disabled");
+        let kinds = c.kinds();
+        assert!(kinds.iter().any(|k| k == "disabled"), "{kinds:?}");
+    }
+
+    /// The copy's own license state is active (`gate` exits 0).
+    fn enforces_active(&self, c: &Copy) {
+        let s = c.status(&*self.clock);
+        assert_eq!(s["state"], "active", "{s:#}");
+        assert_eq!(c.run(&*self.clock, &["gate"]).code, 0);
+    }
 }
 
 #[test]
@@ -99,10 +158,12 @@ fn sixty_days_of_daily_checkins_are_clean() {
     let a = w.appliance("a");
     for day in 1..=60 {
         w.day();
-        if day % 10 == 0 {
-            w.boot(&a);
-        }
-        let r = w.checkin(&a);
+        // Every tenth day the appliance reboots; its boot-time check-in is the day's.
+        let r = if day % 10 == 0 {
+            w.boot(&a)
+        } else {
+            w.checkin(&a)
+        };
         let rc = receipt(&r);
         assert_eq!(rc.body.status, Status::Active, "day {day}");
         assert_eq!(rc.body.reason, None);
@@ -113,10 +174,12 @@ fn sixty_days_of_daily_checkins_are_clean() {
         );
         let next = vmledger::time::parse_at(&rc.body.next_checkin_before).unwrap();
         assert_eq!(next - w.clock.now_ms(), Duration::hours(24));
-        // The receipt acknowledges the copy's head.
+        // The receipt acknowledges the copy's head when it sent; the copy then recorded
+        // the `checkin` entry citing it.
         assert_eq!(rc.body.acked_seq + 2, a.len(), "day {day}");
         validate("receipt", &serde_json::to_value(rc).unwrap());
     }
+    w.enforces_active(&a);
     assert!(w.verdicts().is_empty());
     let doc = w.show(&a.instance_id());
     let inst = &doc["instances"][0];
@@ -124,6 +187,22 @@ fn sixty_days_of_daily_checkins_are_clean() {
     assert_eq!(inst["branches"].as_array().unwrap().len(), 1);
     // Every entry but the newest `checkin` entry is stored.
     assert_eq!(inst["entries"].as_u64().unwrap() + 1, a.len());
+    // Nothing but boots, check-ins and the one activation: no transition, no anomaly.
+    let kinds = a.kinds();
+    for k in &kinds {
+        assert!(
+            [
+                "genesis",
+                "service_configured",
+                "boot",
+                "checkin",
+                "activated"
+            ]
+            .contains(&k.as_str()),
+            "{kinds:?}"
+        );
+    }
+    a.ok(&*w.clock, &["ledger", "verify"]);
 }
 
 trait NowMs {
@@ -137,14 +216,9 @@ impl NowMs for TestClock {
 
 #[test]
 fn clone_running_beside_the_original_is_a_concurrent_duplicate() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b"); // the clone
+    let (w, a, b) = World::copied_on_day_one("b"); // the clone
     w.hours(2);
-    w.boot(&b);
-    let mut replies = Vec::new();
+    let mut replies = vec![("b", w.boot(&b))];
     for _ in 0..3 {
         w.day();
         replies.push(("a", w.checkin(&a)));
@@ -178,18 +252,21 @@ fn clone_running_beside_the_original_is_a_concurrent_duplicate() {
         "{kinds:?}"
     );
     assert!(!kinds.contains(&"switching".to_string()), "{kinds:?}");
+    let (loser, winner) = if loser == "a" { (&a, &b) } else { (&b, &a) };
+    // The disabled copy learns it and enforces it, even across a reboot; that reboot of
+    // a disabled copy is not held against the copy that continues.
+    w.enforces_disabled(loser, "concurrent_duplicate");
+    w.hours(1);
+    assert_status(&w.checkin(winner), Status::Active, None);
+    w.enforces_active(winner);
     w.evidence_verifies();
 }
 
 #[test]
 fn clone_reporting_late_is_disabled_and_the_original_continues() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
+    let (w, a, b) = World::copied_on_day_one("b");
     w.hours(1);
-    w.boot(&b); // the clone runs offline...
+    b.boot_offline(&*w.clock); // the clone runs offline...
     for _ in 0..3 {
         w.day();
         assert_status(&w.checkin(&a), Status::Active, None);
@@ -208,16 +285,17 @@ fn clone_reporting_late_is_disabled_and_the_original_continues() {
         Status::Disabled,
         Some("concurrent_duplicate"),
     );
+    w.enforces_disabled(&b, "concurrent_duplicate");
+    w.hours(1);
+    assert_status(&w.checkin(&a), Status::Active, None);
+    w.enforces_active(&a);
     w.evidence_verifies();
 }
 
-/// A copy backed up on day 1 runs until day 3 and dies; the backup is restored on day 5.
+/// A copy backed up on day 1 runs until day 3 and dies; the backup is restored on day 5
+/// and boots (its boot-time check-in is judged a restore).
 fn restored_world() -> (World, Copy, Copy) {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let backup = a.copy_to(&w.sb, "backup");
+    let (w, a, backup) = World::copied_on_day_one("backup");
     for _ in 0..2 {
         w.day();
         assert_status(&w.checkin(&a), Status::Active, None);
@@ -225,8 +303,7 @@ fn restored_world() -> (World, Copy, Copy) {
     w.day();
     w.day();
     let b = backup.copy_to(&w.sb, "b");
-    w.boot(&b);
-    let r = w.checkin(&b);
+    let r = w.boot(&b);
     assert_status(&r, Status::Active, Some("restored"));
     assert!(receipt(&r).body.verdict.is_some());
     w.day();
@@ -242,6 +319,7 @@ fn one_restore_from_backup_is_allowed() {
         w.day();
         assert_status(&w.checkin(&b), Status::Active, None);
     }
+    w.enforces_active(&b);
     w.evidence_verifies();
 }
 
@@ -260,6 +338,10 @@ fn old_copy_returning_without_reboot_after_a_restore_is_a_concurrent_duplicate()
         w.verdicts().last().unwrap(),
         &("concurrent_duplicate".to_string(), "3-resumed".to_string())
     );
+    w.enforces_disabled(&a, "concurrent_duplicate");
+    w.hours(1);
+    assert_status(&w.checkin(&b), Status::Active, None);
+    w.enforces_active(&b);
     w.evidence_verifies();
 }
 
@@ -267,47 +349,38 @@ fn old_copy_returning_without_reboot_after_a_restore_is_a_concurrent_duplicate()
 fn old_copy_returning_after_reboot_after_a_restore_is_switching() {
     let (w, a, b) = restored_world();
     w.day();
-    w.boot(&a);
-    assert_status(&w.checkin(&a), Status::Disabled, Some("switching"));
+    assert_status(&w.boot(&a), Status::Disabled, Some("switching"));
     w.hours(1);
     assert_status(&w.checkin(&b), Status::Disabled, Some("switching"));
     assert_eq!(
         w.verdicts().last().unwrap(),
         &("switching".to_string(), "3-rebooted".to_string())
     );
+    w.enforces_disabled(&a, "switching");
+    w.enforces_disabled(&b, "switching");
     w.evidence_verifies();
 }
 
 #[test]
 fn alternating_copies_are_switching_and_both_are_disabled() {
-    let w = World::new();
-    let a = w.appliance("a");
+    let (w, a, b) = World::copied_on_day_one("b");
+    // A runs, is shut down; B is started; then A again; then B again.
     w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
-    // A runs, is shut down; B is started; then A again.
+    assert_status(&w.boot(&a), Status::Active, None);
     w.day();
-    w.boot(&a);
-    assert_status(&w.checkin(&a), Status::Active, None);
+    assert_status(&w.boot(&b), Status::Active, Some("restored"));
     w.day();
-    w.boot(&b);
-    assert_status(&w.checkin(&b), Status::Active, Some("restored"));
+    assert_status(&w.boot(&a), Status::Disabled, Some("switching"));
     w.day();
-    w.boot(&a);
-    assert_status(&w.checkin(&a), Status::Disabled, Some("switching"));
-    w.day();
-    w.boot(&b);
-    assert_status(&w.checkin(&b), Status::Disabled, Some("switching"));
+    assert_status(&w.boot(&b), Status::Disabled, Some("switching"));
+    w.enforces_disabled(&a, "switching");
+    w.enforces_disabled(&b, "switching");
     w.evidence_verifies();
 }
 
 #[test]
 fn snapshot_revert_without_reboot_is_a_restore() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let snapshot = a.copy_to(&w.sb, "snapshot");
+    let (w, a, snapshot) = World::copied_on_day_one("snapshot");
     for _ in 0..2 {
         w.day();
         w.checkin(&a);
@@ -323,15 +396,12 @@ fn snapshot_revert_without_reboot_is_a_restore() {
         assert_status(&w.checkin(&a), Status::Active, None);
     }
     assert_eq!(w.verdicts(), vec![("restored".into(), "2-restore".into())]);
+    w.enforces_active(&a);
 }
 
 #[test]
 fn declared_ha_pair_gets_no_verdict() {
-    let w = World::new();
-    let a = w.appliance("a");
-    w.day();
-    w.checkin(&a);
-    let b = a.copy_to(&w.sb, "b");
+    let (w, a, b) = World::copied_on_day_one("b");
     w.sb.cmd([
         "admin",
         "allow-concurrent",
@@ -347,8 +417,8 @@ fn declared_ha_pair_gets_no_verdict() {
     for day in 0..10 {
         w.day();
         if day % 3 == 0 {
-            w.boot(&a);
-            w.boot(&b);
+            assert_status(&w.boot(&a), Status::Active, None);
+            assert_status(&w.boot(&b), Status::Active, None);
         }
         assert_status(&w.checkin(&a), Status::Active, None);
         w.hours(1);
@@ -365,6 +435,43 @@ fn declared_ha_pair_gets_no_verdict() {
             .count(),
         1
     );
+    w.enforces_active(&a);
+    w.enforces_active(&b);
+}
+
+/// The number of check-ins the service answered with `code`, from its metrics.
+fn answered(url: &str, code: u16) -> u64 {
+    let (s, b) = http(url, "GET", "/metrics", vec![]);
+    assert_eq!(s, 200);
+    let text = String::from_utf8(b).unwrap();
+    let key = format!("vmledger_http_requests_total{{route=\"/v1/checkin\",code=\"{code}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// A consistent online backup of the service database (`sqlite3 .backup`).
+fn backup_db(sb: &Sandbox, db: &std::path::Path, name: &str) -> std::path::PathBuf {
+    common::require("sqlite3");
+    let backup = sb.join(name);
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(format!(".backup '{}'", backup.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    backup
+}
+
+/// Stop the service, put `backup` in place of its database, start it again (elsewhere).
+fn restore_db(svc: Svc, backup: &std::path::Path, clock: &std::sync::Arc<TestClock>) -> Svc {
+    let (db, key) = (svc.db.clone(), svc.key);
+    svc.stop();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(backup, &db).unwrap();
+    Svc::start(&db, key, clock.clone())
 }
 
 #[test]
@@ -372,72 +479,102 @@ fn service_database_restored_from_backup_resyncs_through_409() {
     let sb = Sandbox::new();
     let (db, key) = init_db(&sb);
     sla(&sb, &db, "SN-1", "2028-12-31", CODE);
+    sla(&sb, &db, "SN-2", "2028-12-31", CODE);
     let clock = TestClock::at("2027-01-10T10:00:00Z");
     let svc = Svc::start(&db, key, clock.clone());
-    let a = Copy::init(&sb, "a", "SN-1", &clock.faketime());
-    a.boot(&sb, &clock);
+    let a = Copy::init(&sb, "a", "SN-1", &svc.url, &key, Some(CODE), &*clock);
     assert_status(
-        &a.checkin(&svc.url, &key, Some(CODE), &*clock),
+        &a.boot(&*clock).checkin.expect("boot checks in"),
         Status::Active,
         None,
     );
     for _ in 0..3 {
         clock.advance(Duration::days(1));
-        a.checkin(&svc.url, &key, None, &*clock);
+        assert_status(&a.checkin(&*clock), Status::Active, None);
     }
-    // A consistent online backup of the service database.
-    common::require("sqlite3");
-    let backup = sb.join("backup.sqlite");
-    let out = std::process::Command::new("sqlite3")
-        .arg(&db)
-        .arg(format!(".backup '{}'", backup.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let backup = backup_db(&sb, &db, "backup.sqlite");
+    // Another appliance is activated after the backup.
+    let b = Copy::init(&sb, "b", "SN-2", &svc.url, &key, Some(CODE), &*clock);
     for _ in 0..3 {
         clock.advance(Duration::days(1));
-        a.checkin(&svc.url, &key, None, &*clock);
+        assert_status(&a.checkin(&*clock), Status::Active, None);
+        assert_status(&b.checkin(&*clock), Status::Active, None);
     }
-    svc.stop();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
-    let svc = Svc::start(&db, key, clock.clone());
+    let svc = restore_db(svc, &backup, &clock);
     clock.advance(Duration::days(1));
-    // The first attempt is refused with 409 and the service's head; the agent re-sends.
-    let req = a.request(None, &*clock);
-    let first = vmledger::service::client::checkin_blocking(
-        &svc.url,
-        None,
-        &req,
-        std::time::Duration::from_secs(30),
-    )
-    .unwrap();
-    let (status, err) = refused(&first);
-    assert_eq!(status, 409);
-    assert_eq!(err.error, "unknown_prev");
-    validate("service-error", &serde_json::to_value(err).unwrap());
-    assert!(err.acked_seq.is_some() && err.acked_hash.is_some());
-    let r = a.checkin(&svc.url, &key, None, &*clock);
+    // The restarted service listens elsewhere: the admin points the appliances at it.
+    a.point_to(&*clock, &svc.url);
+    b.point_to(&*clock, &svc.url);
+    // A's first attempt is refused with 409 and the service's head; the agent re-sends
+    // from there and gets its receipt: one check-in for the agent, nothing lost.
+    let r = a.checkin(&*clock);
     assert_status(&r, Status::Active, None);
-    let doc = show(&sb, &db, "SN-1");
-    assert!(doc["verdicts"].as_array().unwrap().is_empty());
-    assert_eq!(
-        doc["instances"][0]["entries"].as_u64().unwrap() + 1,
-        a.len()
-    );
-    assert_eq!(doc["instances"][0]["branches"].as_array().unwrap().len(), 1);
+    assert_eq!((answered(&svc.url, 409), answered(&svc.url, 200)), (1, 1));
+    // B is unknown to the restored service: it re-sends with its stored activation code
+    // (403 activation_code_required), then from genesis (409: nothing held of it).
+    let r = b.checkin(&*clock);
+    assert_status(&r, Status::Active, None);
+    assert_eq!(answered(&svc.url, 403), 1);
+    assert_eq!((answered(&svc.url, 409), answered(&svc.url, 200)), (2, 2));
+    for (c, serial) in [(&a, "SN-1"), (&b, "SN-2")] {
+        assert!(!c.kinds().iter().any(|k| k == "checkin_failed"));
+        let doc = show(&sb, &db, serial);
+        assert!(doc["verdicts"].as_array().unwrap().is_empty());
+        assert_eq!(
+            doc["instances"][0]["entries"].as_u64().unwrap() + 1,
+            c.len()
+        );
+        assert_eq!(doc["instances"][0]["branches"].as_array().unwrap().len(), 1);
+    }
+    // And they go on as before.
+    clock.advance(Duration::days(1));
+    assert_status(&a.checkin(&*clock), Status::Active, None);
+    assert_status(&b.checkin(&*clock), Status::Active, None);
+}
+
+#[test]
+fn restored_service_database_and_a_restored_copy_resync_from_genesis() {
+    let (w, a, backup) = World::copied_on_day_one("backup");
+    for _ in 0..2 {
+        w.day();
+        assert_status(&w.checkin(&a), Status::Active, None);
+    }
+    // The service's database is backed up while the original still runs.
+    let db_backup = backup_db(&w.sb, &w.svc.db, "service-backup.sqlite");
+    w.day();
+    w.day();
+    // The appliance dies and is restored from its own backup: a restore, allowed.
+    let b = backup.copy_to(&w.sb, "b");
+    assert_status(&w.boot(&b), Status::Active, Some("restored"));
+    w.day();
+    assert_status(&w.checkin(&b), Status::Active, None);
+    // Then the service's database is restored too: it knows the original's branch only.
+    let World { sb, svc, clock } = w;
+    let svc = restore_db(svc, &db_backup, &clock);
+    let w = World { sb, svc, clock };
+    w.day();
+    b.point_to(&*w.clock, &w.svc.url);
+    // The service's head (the original's) is not in B's ledger: B re-sends everything
+    // from genesis, and the service judges it again as what it is, a restore.
+    let r = w.checkin(&b);
+    assert_status(&r, Status::Active, Some("restored"));
+    assert_eq!(answered(&w.svc.url, 409), 1);
+    assert!(!b.kinds().iter().any(|k| k == "checkin_failed"));
+    w.day();
+    assert_status(&w.checkin(&b), Status::Active, None);
+    assert_eq!(w.verdicts(), vec![("restored".into(), "2-restore".into())]);
+    w.enforces_active(&b);
+    w.evidence_verifies();
 }
 
 #[test]
 fn operator_overrides_take_effect_on_the_running_service() {
     let (w, a, b) = restored_world();
     w.day();
-    w.boot(&a);
-    assert_status(&w.checkin(&a), Status::Disabled, Some("switching"));
+    assert_status(&w.boot(&a), Status::Disabled, Some("switching"));
     let inst = a.instance_id();
-    // Reinstate: the primary branch (the restored copy) continues at once.
+    // Reinstate: the primary branch (the restored copy) continues at once, and the copy
+    // is re-enabled by its next receipt.
     w.sb.cmd([
         "admin",
         "reinstate",
@@ -450,6 +587,7 @@ fn operator_overrides_take_effect_on_the_running_service() {
     .ok();
     w.hours(1);
     assert_status(&w.checkin(&b), Status::Active, None);
+    w.enforces_active(&b);
     // The operator decides the original is the one to keep.
     // An entry of the original's branch the service holds: its last boot.
     let boot = a
@@ -472,13 +610,20 @@ fn operator_overrides_take_effect_on_the_running_service() {
     .arg(&w.svc.db)
     .ok();
     w.day();
+    // The original learnt it was disabled (switching); its next receipt re-enables it.
     assert_status(&w.checkin(&a), Status::Active, None);
+    w.enforces_active(&a);
+    let kinds = a.kinds();
+    let disabled = kinds.iter().rposition(|k| k == "disabled").unwrap();
+    let reenabled = kinds.iter().rposition(|k| k == "reenabled").unwrap();
+    assert!(disabled < reenabled, "{kinds:?}");
     w.hours(1);
     assert_status(
         &w.checkin(&b),
         Status::Disabled,
         Some("concurrent_duplicate"),
     );
+    w.enforces_disabled(&b, "concurrent_duplicate");
     let doc = w.show(&inst);
     let kinds: Vec<&str> = doc["overrides"]
         .as_array()

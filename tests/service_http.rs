@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::Sandbox;
 use common::service::{
-    Copy, ServeProc, Svc, TestClock, assert_status, init_db, receipt, refused, sla, validate,
+    Copy, Reply, ServeProc, Svc, TestClock, assert_status, http, http_with, init_db, post, receipt,
+    refused, sla, validate,
 };
 use serde_json::{Value, json};
 use vmledger::protocol::{CheckinRequest, Status};
 use vmledger::service::Settings;
-use vmledger::service::client::{self, Reply};
 
 const CODE: &str = "CODE-1";
 
@@ -25,20 +25,25 @@ fn world() -> (Sandbox, Svc, Copy) {
     sla(&sb, &db, "SN-1", "2028-12-31", CODE);
     let clock = TestClock::at("2027-01-10T10:00:00Z");
     let svc = Svc::start(&db, key, clock.clone());
-    let a = Copy::init(&sb, "a", "SN-1", &clock.faketime());
+    let a = appliance(&sb, &svc, "a");
     (sb, svc, a)
 }
 
-fn post(url: &str, body: Vec<u8>) -> (u16, Value) {
-    let (status, bytes) = client::send_blocking(
-        url,
-        None,
-        "POST",
-        "/v1/checkin",
-        body,
-        Duration::from_secs(30),
+/// A copy configured for `svc` with the activation code (not yet checked in).
+fn appliance(sb: &Sandbox, svc: &Svc, name: &str) -> Copy {
+    Copy::init(
+        sb,
+        name,
+        "SN-1",
+        &svc.url,
+        &svc.key,
+        Some(CODE),
+        &*svc.clock,
     )
-    .unwrap();
+}
+
+fn post_bytes(url: &str, body: Vec<u8>) -> (u16, Value) {
+    let (status, bytes) = http(url, "POST", "/v1/checkin", body);
     let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
         panic!(
             "status {status}: body is not JSON ({e}): {}",
@@ -49,7 +54,7 @@ fn post(url: &str, body: Vec<u8>) -> (u16, Value) {
 }
 
 fn assert_error(url: &str, body: Vec<u8>, status: u16, code: &str) -> Value {
-    let (s, v) = post(url, body);
+    let (s, v) = post_bytes(url, body);
     assert_eq!(
         (s, v["error"].as_str().unwrap_or("")),
         (status, code),
@@ -115,23 +120,14 @@ fn bad_requests_get_clear_json_4xx_errors() {
     let r = a.request(Some("WRONG"), &*svc.clock);
     assert_error(url, signed(&r), 403, "bad_activation_code");
     // Wrong content type, unknown route, wrong method: JSON too.
-    let (s, b) = client::send_blocking(
-        url,
-        None,
-        "GET",
-        "/v1/checkin",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (s, b) = http(url, "GET", "/v1/checkin", vec![]);
     assert_eq!(s, 405);
     validate("service-error", &serde_json::from_slice(&b).unwrap());
-    let (s, b) =
-        client::send_blocking(url, None, "GET", "/nope", vec![], Duration::from_secs(30)).unwrap();
+    let (s, b) = http(url, "GET", "/nope", vec![]);
     assert_eq!(s, 404);
     validate("service-error", &serde_json::from_slice(&b).unwrap());
-    // Nothing was stored by any of this: the first real check-in activates.
-    let reply = a.checkin(url, &svc.key, Some(CODE), &*svc.clock);
+    // Nothing was stored by any of this: the agent's first real check-in activates.
+    let reply = a.checkin(&*svc.clock);
     assert_status(&reply, Status::Active, None);
     validate("checkin-request", &serde_json::to_value(&good).unwrap());
 }
@@ -140,13 +136,12 @@ fn bad_requests_get_clear_json_4xx_errors() {
 fn replayed_nonce_and_key_mismatch_are_refused() {
     let (sb, svc, a) = world();
     let req = a.request(Some(CODE), &*svc.clock);
-    let first = client::checkin_blocking(&svc.url, None, &req, Duration::from_secs(30)).unwrap();
-    receipt(&first);
-    let again = client::checkin_blocking(&svc.url, None, &req, Duration::from_secs(30)).unwrap();
-    let (status, err) = refused(&again);
-    assert_eq!((status, err.error.as_str()), (409, "replayed_nonce"));
+    let first = post(&svc.url, &req);
+    receipt(&first).verify(&svc.key).unwrap();
+    let again = post(&svc.url, &req);
+    assert_eq!(refused(&again), (409, "replayed_nonce"));
     // Same instance id, another key: refused, the pinned key stands.
-    let other = Copy::init(&sb, "other", "SN-1", &svc.clock.faketime());
+    let other = appliance(&sb, &svc, "other");
     let mut body = other.request(Some(CODE), &*svc.clock).body;
     body.instance = a.instance_id();
     for e in body.entries.iter_mut() {
@@ -161,7 +156,7 @@ fn replayed_nonce_and_key_mismatch_are_refused() {
         prev = e.hash.clone();
     }
     let r = CheckinRequest::sign(body, &other.instance().key).unwrap();
-    let (s, v) = post(&svc.url, signed(&r));
+    let (s, v) = post_bytes(&svc.url, signed(&r));
     assert_eq!(
         (s, v["error"].as_str().unwrap()),
         (403, "key_mismatch"),
@@ -172,24 +167,26 @@ fn replayed_nonce_and_key_mismatch_are_refused() {
 #[test]
 fn activation_limit_then_operator_approval() {
     let (sb, svc, a) = world();
-    assert_status(
-        &a.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock),
-        Status::Active,
-        None,
-    );
-    let b = Copy::init(&sb, "b", "SN-1", &svc.clock.faketime());
-    assert_status(
-        &b.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock),
-        Status::Active,
-        None,
-    );
+    assert_status(&a.checkin(&*svc.clock), Status::Active, None);
+    let b = appliance(&sb, &svc, "b");
+    assert_status(&b.checkin(&*svc.clock), Status::Active, None);
     // A third new instance within 30 days waits for the vendor.
-    let c = Copy::init(&sb, "c", "SN-1", &svc.clock.faketime());
-    let r = c.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock);
-    let (status, err) = refused(&r);
-    assert_eq!((status, err.error.as_str()), (403, "activation_limit"));
-    let r = c.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock);
-    assert_eq!(refused(&r).1.error, "activation_pending");
+    let c = appliance(&sb, &svc, "c");
+    let r = c.checkin(&*svc.clock);
+    assert_eq!(refused(&r), (403, "activation_limit"));
+    let r = c.checkin(&*svc.clock);
+    assert_eq!(refused(&r), (403, "activation_pending"));
+    // The agent said what to do and keeps counting down to its first check-in.
+    let s = c.status(&*svc.clock);
+    assert_eq!(s["state"], "unregistered");
+    assert_eq!(s["last_checkin_failure"]["reason"], "refused");
+    assert!(
+        s["last_checkin_failure"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("admin reinstate"),
+        "{s:#}"
+    );
     let doc = common::service::show(&sb, &svc.db, &c.instance_id());
     assert_eq!(doc["instances"][0]["activation"], "pending");
     sb.cmd([
@@ -203,57 +200,38 @@ fn activation_limit_then_operator_approval() {
     ])
     .arg(&svc.db)
     .ok();
-    assert_status(
-        &c.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock),
-        Status::Active,
-        None,
-    );
+    assert_status(&c.checkin(&*svc.clock), Status::Active, None);
+    assert_eq!(c.status(&*svc.clock)["state"], "active");
 }
 
 #[test]
 fn reinstall_supersedes_the_old_instance_which_is_judged_at_serial_level() {
     let (sb, svc, a) = world();
     let clock = svc.clock.clone();
-    a.boot(&sb, &clock);
-    assert_status(
-        &a.checkin(&svc.url, &svc.key, Some(CODE), &*clock),
-        Status::Active,
-        None,
-    );
+    let boot = |c: &Copy| c.boot(&*clock).checkin.expect("boot checks in");
+    assert_status(&boot(&a), Status::Active, None);
     clock.advance(chrono::Duration::days(1));
-    a.checkin(&svc.url, &svc.key, None, &*clock);
+    a.checkin(&*clock);
     // A reinstall: a new instance for the same serial.
     clock.advance(chrono::Duration::days(1));
-    let b = Copy::init(&sb, "b", "SN-1", &clock.faketime());
-    b.boot(&sb, &clock);
-    assert_status(
-        &b.checkin(&svc.url, &svc.key, Some(CODE), &*clock),
-        Status::Active,
-        None,
-    );
+    let b = appliance(&sb, &svc, "b");
+    assert_status(&boot(&b), Status::Active, None);
     // The old installation keeps running: first its pending tail, then caught.
     clock.advance(chrono::Duration::days(1));
-    assert_status(
-        &a.checkin(&svc.url, &svc.key, None, &*clock),
-        Status::Active,
-        None,
-    );
+    assert_status(&a.checkin(&*clock), Status::Active, None);
     clock.advance(chrono::Duration::days(1));
-    let r = a.checkin(&svc.url, &svc.key, None, &*clock);
+    let r = a.checkin(&*clock);
     assert_status(&r, Status::Disabled, Some("concurrent_duplicate"));
-    assert!(
-        receipt(&r)
-            .body
-            .verdict
-            .as_deref()
-            .unwrap()
-            .starts_with("SN-1/s")
+    let verdict = receipt(&r).body.verdict.clone().unwrap();
+    assert!(verdict.starts_with("SN-1/s"), "{verdict}");
+    // The old installation learnt it and enforces it, naming the serial-level verdict.
+    let s = a.status(&*clock);
+    assert_eq!(
+        (&s["state"], &s["verdict"]),
+        (&json!("disabled"), &json!(verdict))
     );
-    assert_status(
-        &b.checkin(&svc.url, &svc.key, None, &*clock),
-        Status::Active,
-        None,
-    );
+    assert_eq!(a.boot(&*clock).code, 4);
+    assert_status(&b.checkin(&*clock), Status::Active, None);
     let doc = common::service::show(&sb, &svc.db, "SN-1");
     validate("admin-show", &doc);
     let v = &doc["verdicts"][0];
@@ -268,31 +246,33 @@ fn sla_expiry_is_reported_in_receipts() {
     sla(&sb, &db, "SN-1", "2027-01-12", CODE);
     let clock = TestClock::at("2027-01-10T10:00:00Z");
     let svc = Svc::start(&db, key, clock.clone());
-    let a = Copy::init(&sb, "a", "SN-1", &clock.faketime());
-    for (day, want) in [
-        (0, Status::Active),
-        (1, Status::Active),
-        (2, Status::Active),
-        (3, Status::SlaExpired),
+    let a = appliance(&sb, &svc, "a");
+    // The SLA covers its whole end date (UTC); the service and the agent agree on the
+    // instant it ends: 2027-01-13T00:00:00Z.
+    for (day, want, state) in [
+        (0, Status::Active, "sla_warning"),
+        (1, Status::Active, "sla_warning"),
+        (2, Status::Active, "sla_warning"),
+        (3, Status::SlaExpired, "sla_expired"),
     ] {
         if day > 0 {
             clock.advance(chrono::Duration::days(1));
         }
-        let r = a.checkin(&svc.url, &key, (day == 0).then_some(CODE), &*clock);
+        let r = a.checkin(&*clock);
         let rc = receipt(&r);
         assert_eq!(rc.body.status, want, "day {day}");
         assert_eq!(rc.body.sla_ends.as_deref(), Some("2027-01-12"));
         if want == Status::SlaExpired {
             assert_eq!(rc.body.reason.as_deref(), Some("sla_expired"));
         }
+        let s = a.status(&*clock);
+        assert_eq!(s["state"], state, "day {day}: {s:#}");
+        assert_eq!(s["sla_ends_at"], "2027-01-13T00:00:00.000Z");
     }
     // Renewing takes effect at once.
     sla(&sb, &db, "SN-1", "2028-01-12", CODE);
-    assert_status(
-        &a.checkin(&svc.url, &key, None, &*clock),
-        Status::Active,
-        None,
-    );
+    assert_status(&a.checkin(&*clock), Status::Active, None);
+    assert_eq!(a.status(&*clock)["state"], "active");
 }
 
 #[test]
@@ -307,24 +287,22 @@ fn rate_limit_allows_a_burst_of_ten_then_429() {
         ..Settings::default()
     };
     let svc = Svc::start_with(&db, key, clock.clone(), settings);
-    let a = Copy::init(&sb, "a", "SN-1", &clock.faketime());
+    let a = appliance(&sb, &svc, "a");
     let mut statuses = Vec::new();
-    for i in 0..14 {
+    for _ in 0..14 {
         // The clock does not move: all of these arrive "at once".
-        let r = a.checkin(&svc.url, &key, (i == 0).then_some(CODE), &*clock);
+        let r = a.checkin(&*clock);
         statuses.push(match r {
             Reply::Receipt(_) => 200,
             Reply::Refused { status, .. } => status,
+            other => panic!("{other:?}"),
         });
     }
     assert_eq!(&statuses[..12], &[200; 12]);
     assert_eq!(&statuses[12..], &[429, 429]);
     // A minute later one more is allowed.
     clock.advance(chrono::Duration::seconds(61));
-    assert!(matches!(
-        a.checkin(&svc.url, &key, None, &*clock),
-        Reply::Receipt(_)
-    ));
+    assert!(matches!(a.checkin(&*clock), Reply::Receipt(_)));
 }
 
 #[test]
@@ -375,15 +353,7 @@ fn random_bodies_never_cause_a_500() {
                 2 => body.splice(pos..pos, junk.iter().copied()).for_each(drop),
                 _ => body = junk.clone(),
             }
-            let (status, bytes) = client::send_blocking(
-                &svc.url,
-                None,
-                "POST",
-                "/v1/checkin",
-                body,
-                Duration::from_secs(30),
-            )
-            .unwrap();
+            let (status, bytes) = http(&svc.url, "POST", "/v1/checkin", body);
             prop_assert!(
                 status == 200 || (400..500).contains(&status),
                 "status {status}"
@@ -400,36 +370,21 @@ fn random_bodies_never_cause_a_500() {
 #[test]
 fn health_and_metrics() {
     let (_sb, svc, a) = world();
-    a.checkin(&svc.url, &svc.key, Some(CODE), &*svc.clock);
-    let (s, b) = client::send_blocking(
-        &svc.url,
-        None,
-        "GET",
-        "/healthz",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    assert_status(&a.checkin(&*svc.clock), Status::Active, None);
+    let (s, b) = http(&svc.url, "GET", "/healthz", vec![]);
     assert_eq!(s, 200);
     let v: Value = serde_json::from_slice(&b).unwrap();
     validate("health", &v);
     assert_eq!(v["server_time"], "2027-01-10T10:00:00.000Z");
-    let (s, b) = client::send_blocking(
-        &svc.url,
-        None,
-        "GET",
-        "/metrics",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let (s, b) = http(&svc.url, "GET", "/metrics", vec![]);
     assert_eq!(s, 200);
     let text = String::from_utf8(b).unwrap();
     assert!(
         text.contains("vmledger_http_requests_total{route=\"/v1/checkin\",code=\"200\"} 1"),
         "{text}"
     );
-    assert!(text.contains("vmledger_entries_stored_total 1"), "{text}");
+    // The first check-in carries the whole ledger: genesis and `service_configured`.
+    assert!(text.contains("vmledger_entries_stored_total 2"), "{text}");
     assert!(text.contains("vmledger_commit_batch_size_count"), "{text}");
 }
 
@@ -457,30 +412,43 @@ fn serve_binary_speaks_tls_and_stops_gracefully_on_sigterm() {
     );
     assert!(p.url.starts_with("https://127.0.0.1:"), "{}", p.url);
     let url = p.url.replace("127.0.0.1", "localhost");
-    let tls = client::tls_config_with_ca(&sb.join("cert.pem")).unwrap();
-    let a = Copy::init(&sb, "a", "SN-1", "2026-12-01 10:00:00");
-    let req =
-        client::request_from_state(&a.instance(), 0, Some(CODE), &vmledger::time::SystemClock)
-            .unwrap();
-    let r =
-        client::checkin_blocking(&url, Some(tls.clone()), &req, Duration::from_secs(30)).unwrap();
-    receipt(&r).verify(&key).unwrap();
+    let ca = sb.join("cert.pem");
+    let a = Copy::init(
+        &sb,
+        "a",
+        "SN-1",
+        &url,
+        &key,
+        Some(CODE),
+        "2026-12-01 10:00:00",
+    );
+    let req = a.request(Some(CODE), &vmledger::time::SystemClock);
+    let (status, body) = http_with(&url, Some(&ca), "POST", "/v1/checkin", signed(&req)).unwrap();
+    match vmledger::checkin::decode_reply(status, &body, &url).unwrap() {
+        vmledger::checkin::Reply::Receipt(r) => r.verify(&key).unwrap(),
+        other => panic!("{other:?}"),
+    }
     // Plain HTTP to the TLS port is not answered as HTTP.
     assert!(
-        client::send_blocking(
+        http_with(
             &p.url.replace("https", "http"),
             None,
             "GET",
             "/healthz",
-            vec![],
-            Duration::from_secs(5)
+            vec![]
         )
         .is_err()
     );
+    // The agent pins the service key, not a certificate authority: an https URL whose
+    // certificate it cannot verify is a `tls` failure, recorded, never a receipt.
+    match a.checkin("2026-12-01 10:01:00") {
+        Reply::Failed { reason, detail } => assert_eq!(reason, "tls", "{detail}"),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(p.terminate(), 0);
     // What was acknowledged is in the database.
     let doc = common::service::show(&sb, &db, &a.instance_id());
-    assert_eq!(doc["instances"][0]["entries"], 1);
+    assert_eq!(doc["instances"][0]["entries"], 2);
 }
 
 #[test]
@@ -488,11 +456,26 @@ fn offline_receipt_for_an_air_gapped_site() {
     let sb = Sandbox::new();
     let (db, key) = init_db(&sb);
     sla(&sb, &db, "SN-1", "2028-12-31", CODE);
-    let a = Copy::init(&sb, "a", "SN-1", "2026-12-01 10:00:00");
-    let req =
-        client::request_from_state(&a.instance(), 0, Some(CODE), &vmledger::time::SystemClock)
-            .unwrap();
-    std::fs::write(sb.join("request.json"), serde_json::to_vec(&req).unwrap()).unwrap();
+    // The real agent writes the request file; the vendor answers it from the database.
+    const AT: &str = "2026-12-01 10:00:00";
+    let a = Copy::init_air_gapped(&sb, "a", "SN-1", &key, Some(CODE), AT);
+    let req_path = sb.join("request.json");
+    let doc = a
+        .ok(
+            AT,
+            &[
+                "checkin",
+                "--json",
+                "--request-file",
+                req_path.to_str().unwrap(),
+            ],
+        )
+        .json();
+    validate("checkin", &doc);
+    let req: CheckinRequest =
+        serde_json::from_slice(&std::fs::read(sb.join("request.json")).unwrap()).unwrap();
+    validate("checkin-request", &serde_json::to_value(&req).unwrap());
+    assert_eq!(req.body.activation_code.as_deref(), Some(CODE));
     let out = sb
         .cmd(["admin", "offline-receipt", "--json", "--request"])
         .arg(sb.join("request.json"))
@@ -508,6 +491,21 @@ fn offline_receipt_for_an_air_gapped_site() {
     receipt.verify(&key).unwrap();
     assert_eq!(receipt.body.status, Status::Active);
     assert_eq!(receipt.body.nonce, req.body.nonce);
+    // The agent applies the receipt the admin brought back: activated.
+    let response = sb.join("receipt.json");
+    let r = a.run(
+        "2026-12-01 11:00:00",
+        &[
+            "checkin",
+            "--json",
+            "--response-file",
+            response.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    validate("checkin", &r.json());
+    assert_eq!(r.json()["via"], "file");
+    assert_eq!(a.status("2026-12-01 11:01:00")["state"], "active");
     // The same file again is a replay: a clear error, exit 2.
     let r = sb
         .cmd(["admin", "offline-receipt", "--request"])

@@ -1,15 +1,13 @@
 //! Black-box: the service reads time through the standard clock calls, so `vmledger
 //! serve` under libfaketime answers in the faked time (server_time, SLA expiry,
-//! next_checkin_before), and the alert job computes its stages in it too.
+//! next_checkin_before), and the real agent under faketime at the same date agrees with
+//! it about what that means.
 
 mod common;
 
-use std::time::Duration;
-
 use common::Sandbox;
-use common::service::{Copy, ServeProc, init_db, receipt, sla};
+use common::service::{Copy, ServeProc, http, init_db, receipt, sla};
 use vmledger::protocol::Status;
-use vmledger::service::client;
 
 #[test]
 fn serve_under_faketime_answers_in_the_faked_time() {
@@ -17,13 +15,17 @@ fn serve_under_faketime_answers_in_the_faked_time() {
     let (db, key) = init_db(&sb);
     sla(&sb, &db, "SN-1", "2031-06-30", "CODE");
     let p = ServeProc::start(&sb, &db, Some("2031-07-04 12:00:00"), &["--no-alerts"]);
-    let a = Copy::init(&sb, "a", "SN-1", "2031-07-04 11:00:00");
-    let req =
-        client::request_from_state(&a.instance(), 0, Some("CODE"), &vmledger::time::SystemClock)
-            .unwrap();
-    let r = client::checkin_blocking(&p.url, None, &req, Duration::from_secs(30)).unwrap();
+    let a = Copy::init(
+        &sb,
+        "a",
+        "SN-1",
+        &p.url,
+        &key,
+        Some("CODE"),
+        "2031-07-04 11:59:00",
+    );
+    let r = a.checkin("2031-07-04 12:00:00");
     let rc = receipt(&r);
-    rc.verify(&key).unwrap();
     assert!(
         rc.body.server_time.starts_with("2031-07-04T12:"),
         "{}",
@@ -36,15 +38,12 @@ fn serve_under_faketime_answers_in_the_faked_time() {
     );
     assert_eq!(rc.body.status, Status::SlaExpired);
     assert_eq!(rc.body.reason.as_deref(), Some("sla_expired"));
-    let (s, b) = client::send_blocking(
-        &p.url,
-        None,
-        "GET",
-        "/healthz",
-        vec![],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    // The agent counts down from the end of the SLA's last day, as the service does.
+    let s = a.status("2031-07-04 12:01:00");
+    assert_eq!(s["state"], "sla_expired", "{s:#}");
+    assert_eq!(s["sla_ends_at"], "2031-07-01T00:00:00.000Z");
+    assert_eq!(s["countdown_ends_at"], "2031-07-15T00:00:00.000Z");
+    let (s, b) = http(&p.url, "GET", "/healthz", vec![]);
     assert_eq!(s, 200);
     assert!(String::from_utf8_lossy(&b).contains("\"server_time\":\"2031-07-04T12:"));
     assert_eq!(p.terminate(), 0);

@@ -5,80 +5,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use common::Sandbox;
 use common::vendor::{entries_of, faked};
+use common::watch::Watch;
 
 const T0: &str = "2030-07-01 00:00:00";
 const LOCKED: &str = "2030-07-20 00:00:00";
-const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A running `vmledger watch` whose stderr lines arrive on a channel.
-struct Watch {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Watch {
-    fn start(sb: &Sandbox, args: &[&str]) -> Watch {
-        let mut c = faked(sb, LOCKED, ["watch"]);
-        c.cmd.args(args);
-        c.cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.cmd.spawn().expect("spawn watch");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut w = Watch { child, lines };
-        w.wait_for("watching");
-        w
-    }
-
-    /// Wait for a stderr line containing `what` (bounded, so a broken watcher fails the
-    /// test instead of hanging it).
-    fn wait_for(&mut self, what: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(DEADLINE) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("watch never printed `{what}`");
-                }
-            }
-        }
-    }
-
-    fn finish(mut self) -> serde_json::Value {
-        let (tx, rx) = mpsc::channel();
-        let mut child = self.child;
-        let mut stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut s).unwrap();
-            let status = child.wait().unwrap();
-            let _ = tx.send((status, s));
-        });
-        let (status, out) = rx
-            .recv_timeout(DEADLINE)
-            .expect("watch exits after --exit-after");
-        assert!(status.success(), "{out}");
-        self.lines = mpsc::channel().1;
-        serde_json::from_str(&out).expect("summary document")
-    }
+/// `vmledger watch ARGS` under faketime on the locked sandbox.
+fn start_watch(sb: &Sandbox, args: &[&str]) -> Watch {
+    let mut c = faked(sb, LOCKED, ["watch"]);
+    c.cmd.args(args);
+    Watch::spawn(c.cmd)
 }
 
 fn locked_sandbox() -> Sandbox {
@@ -100,7 +40,7 @@ fn rename_and_replace_save_is_recorded() {
     let sb = locked_sandbox();
     let conf = sb.join("appliance.conf");
     std::fs::write(&conf, "mtu = 1500\n").unwrap();
-    let mut w = Watch::start(
+    let mut w = start_watch(
         &sb,
         &[conf.to_str().unwrap(), "--json", "--exit-after", "1"],
     );
@@ -128,7 +68,7 @@ fn restore_undoes_changes_and_survives_a_directory_move() {
     std::fs::write(dir.join("a.conf"), "a = 1\n").unwrap();
     std::fs::create_dir(dir.join("sub")).unwrap();
     std::fs::write(dir.join("sub/b.conf"), "b = 2\n").unwrap();
-    let mut w = Watch::start(
+    let mut w = start_watch(
         &sb,
         &[
             dir.to_str().unwrap(),

@@ -61,6 +61,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         checkin_doc = match &outcome {
             Ok(Outcome::Accepted { receipt, entry }) => json!({
                 "ok": true, "seq": entry.body.seq, "status": receipt.body.status,
+                "reason": receipt.body.reason, "verdict": receipt.body.verdict,
+                "receipt": entry.body.data.get("receipt"),
             }),
             Ok(Outcome::Failed { failure, entry }) => {
                 ctx.out.note(format!(

@@ -1,5 +1,7 @@
 //! `vmledger checkin [--request-file OUT | --response-file IN]`: check in with the
-//! licensing service over the network, or through files on an air-gapped site.
+//! licensing service over the network, or through files on an air-gapped site. Requests
+//! carry the hardware summary `boot` records (`fingerprint::boot::current_hardware`).
+//! Output: `vmledger-checkin/v1` (`schemas/checkin.schema.json`).
 //!
 //! Exit: 0 when a receipt was accepted (3 or 4 when the instance is still locked or is
 //! disabled afterwards), 1 when the check-in failed (recorded as `checkin_failed` with its
@@ -35,9 +37,24 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let mut agent = Agent::open(ctx)?;
     let service = agent.service()?;
     let clock = SystemClock;
+    // The request carries the hardware summary `boot` records (component digests only).
+    let hardware = if args.response_file.is_some() {
+        None
+    } else {
+        match crate::fingerprint::boot::current_hardware(&agent.cfg) {
+            Ok(h) => h,
+            Err(e) => {
+                ctx.out.note(format!(
+                    "vmledger: hardware fingerprint not sent with the check-in: {e}"
+                ));
+                None
+            }
+        }
+    };
 
     if let Some(out) = &args.request_file {
-        let p = checkin::write_request(&agent.inst, &agent.ledger, &service, None, out, &clock)?;
+        let p =
+            checkin::write_request(&agent.inst, &agent.ledger, &service, hardware, out, &clock)?;
         let doc = json!({
             "format": "vmledger-checkin/v1",
             "via": "file",
@@ -83,7 +100,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             }
             let opts = checkin::Options {
                 timeout: std::time::Duration::from_secs(args.timeout),
-                hardware: None,
+                hardware,
             };
             let o = checkin::checkin(&mut agent.inst, &agent.ledger, &service, &opts, &clock)?;
             (o, None)
@@ -105,6 +122,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
                 "receipt": entry.body.data.get("receipt").cloned().unwrap_or(Value::Null),
                 "server_time": b.server_time,
                 "status": b.status,
+                "reason": b.reason,
+                "verdict": b.verdict,
+                "acked_seq": b.acked_seq,
+                "acked_hash": b.acked_hash,
                 "next_checkin_before": b.next_checkin_before,
                 "sla_ends": b.sla_ends,
                 "state": state.as_str(),
@@ -140,6 +161,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
                 "reason": f.reason,
                 "detail": detail,
                 "http_status": f.http_status,
+                "service_error": f.service_error.as_ref().map(|e| e.error.clone()),
                 "state": state.as_str(),
                 "message": message,
             });

@@ -9,8 +9,11 @@
 //!   "explanation"}` (absent when the previous boot recorded no fingerprint);
 //! - `trees`: for each `[fingerprint] trees` directory, `{"path","root","entries",
 //!   "complete","errors"}` or `{"path","error"}`;
-//! - `images`: reserved for the image fingerprint issue (`[fingerprint] images` is accepted
-//!   and reported as not fingerprinted yet).
+//! - `images`: for each `[fingerprint] images` disk image, `{"path","image_format",
+//!   "virtual_size","content_root"}` or `{"path","error"}` (see `docs/formats/image.md`).
+//!
+//! [`summary`] and [`current_hardware`] give the same hardware member to `vmledger
+//! checkin`, whose requests carry it.
 //!
 //! Nothing here can stop a boot from being recorded: a fingerprint that cannot be taken is
 //! recorded as an error and reported as a note. Reads the ledger; never writes it (the
@@ -19,6 +22,7 @@
 use serde_json::{Map, Value, json};
 
 use super::hardware::{self, Class, Component, Status, diff::compare_components};
+use super::image;
 use super::tree;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerError};
@@ -92,11 +96,34 @@ fn hardware_at_boot(
             }),
         );
     }
-    out.data.insert(
-        "hardware".into(),
-        json!({"digest": fp.digest, "components": recorded}),
-    );
+    out.data
+        .insert("hardware".into(), summary_of(&fp.digest, recorded));
     Ok(())
+}
+
+fn summary_of(digest: &str, components: Vec<Value>) -> Value {
+    json!({"digest": digest, "components": components})
+}
+
+/// The hardware summary of a fingerprint, as `boot` records it in its entry and check-in
+/// requests carry it (`hardware` member): `{"digest", "components": [{"name","class",
+/// "digest"} | {"name","class","unavailable"}]}`. Digests only, never values.
+pub fn summary(fp: &hardware::Fingerprint) -> Value {
+    summary_of(
+        &fp.digest,
+        fp.components.iter().map(record_component).collect(),
+    )
+}
+
+/// This guest's hardware summary now (see [`summary`]), or `None` when the configuration
+/// turns hardware fingerprints off (`[fingerprint] hardware = false`).
+pub fn current_hardware(cfg: &Config) -> Result<Option<Value>, hardware::HardwareError> {
+    if !cfg.fingerprint.hardware {
+        return Ok(None);
+    }
+    Ok(Some(summary(&hardware::guest::fingerprint(
+        &cfg.hardware.root,
+    )?)))
 }
 
 fn record_component(c: &Component) -> Value {
@@ -173,15 +200,31 @@ fn trees_at_boot(cfg: &Config, out: &mut BootFingerprints) {
     out.data.insert("trees".into(), Value::Array(trees));
 }
 
-/// Configured disk images (`[fingerprint] images`): their fingerprints belong to the image
-/// fingerprint issue; until it lands they are reported, not hashed.
+/// Configured disk images (`[fingerprint] images`): their content roots, hashed on every
+/// core. An image that cannot be read is recorded with its error and reported as a note.
 fn images_at_boot(cfg: &Config, out: &mut BootFingerprints) {
-    if !cfg.fingerprint.images.is_empty() {
-        out.notes.push(format!(
-            "vmledger: {} configured image(s) not fingerprinted: image fingerprints at boot are not built yet",
-            cfg.fingerprint.images.len()
-        ));
+    if cfg.fingerprint.images.is_empty() {
+        return;
     }
+    let opts = image::Options::default();
+    let images = cfg
+        .fingerprint
+        .images
+        .iter()
+        .map(|path| match image::fingerprint(path, &opts) {
+            Ok(fp) => json!({
+                "path": path.display().to_string(),
+                "image_format": fp.image_format,
+                "virtual_size": fp.virtual_size,
+                "content_root": image::hex(&fp.content_root),
+            }),
+            Err(e) => {
+                out.notes.push(format!("vmledger: {e}"));
+                json!({"path": path.display().to_string(), "error": e.to_string()})
+            }
+        })
+        .collect();
+    out.data.insert("images".into(), Value::Array(images));
 }
 
 /// The drift conclusion recorded by the latest boot entry, if it recorded one.

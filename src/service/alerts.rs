@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -22,6 +22,7 @@ use super::config::{Settings, SmtpSection};
 use super::http::Metrics;
 use super::store::{SerialRecord, Store};
 use super::{ServiceError, SqliteStore};
+use crate::license;
 use crate::time::{self, Clock};
 
 /// One alert that is due.
@@ -102,32 +103,42 @@ impl Mailer for SmtpMailer {
     }
 }
 
-/// The alert stage due for an SLA ending on `ends`, seen on `today`.
-pub fn stage(ends: NaiveDate, today: NaiveDate, alert_days: &[u32]) -> Option<String> {
-    let left = (ends - today).num_days();
-    if left < 0 {
+/// Whole days left (rounded up) at `now` of an SLA whose last day is `ends`: counted to
+/// 00:00:00Z of the next day, exactly as the appliance's banner counts them
+/// ([`crate::license::days_until`]); `None` once it has ended.
+pub fn days_left(ends: NaiveDate, now: DateTime<Utc>) -> Option<u64> {
+    let end = license::end_of_date(ends)?;
+    (now < end).then(|| license::days_until(now, end))
+}
+
+/// The alert stage due at `now` for an SLA whose last day is `ends`: `ended` once it has
+/// ended, else the smallest of `alert_days` that is at least the days left. With the
+/// default `alert_days` and `warn_days` (30), the 30-day e-mail and the appliance's
+/// `sla_warning` banner start at the same instant.
+pub fn stage(ends: NaiveDate, now: DateTime<Utc>, alert_days: &[u32]) -> Option<String> {
+    let Some(left) = days_left(ends, now) else {
         return Some("ended".into());
-    }
+    };
     alert_days
         .iter()
-        .filter(|d| left <= i64::from(**d))
+        .filter(|d| left <= u64::from(**d))
         .min()
         .map(|d| d.to_string())
 }
 
-fn alert_for(rec: &SerialRecord, to: &str, stage: &str, today: NaiveDate) -> Alert {
+fn alert_for(rec: &SerialRecord, to: &str, stage: &str, now: DateTime<Utc>) -> Alert {
     let (subject, body) = if stage == "ended" {
         (
             format!("SLA for serial {} has ended", rec.serial),
             format!(
-                "The support contract (SLA) of appliance serial {} ended on {}.\n\n\
+                "The support contract (SLA) of appliance serial {} ended on {} (it covered that whole day, UTC).\n\n\
                  The appliance now counts down to being permanently disabled. Renew the SLA to keep it licensed; once renewed, its next daily check-in clears the countdown.\n",
                 rec.serial, rec.ends
             ),
         )
     } else {
-        let left = NaiveDate::parse_from_str(&rec.ends, "%Y-%m-%d")
-            .map(|e| (e - today).num_days())
+        let left = license::parse_date(&rec.ends)
+            .and_then(|e| days_left(e, now))
             .unwrap_or(0);
         (
             format!(
@@ -138,7 +149,7 @@ fn alert_for(rec: &SerialRecord, to: &str, stage: &str, today: NaiveDate) -> Ale
                 if left == 1 { "" } else { "s" }
             ),
             format!(
-                "The support contract (SLA) of appliance serial {} ends on {}, in {} day{}.\n\n\
+                "The support contract (SLA) of appliance serial {} ends on {} (it covers that whole day, UTC), in {} day{}.\n\n\
                  When it ends, the appliance starts a countdown after which it is permanently disabled. Renew the SLA before {} to avoid any interruption.\n",
                 rec.serial,
                 rec.ends,
@@ -161,7 +172,7 @@ fn alert_for(rec: &SerialRecord, to: &str, stage: &str, today: NaiveDate) -> Ale
 /// The alerts due now and not yet sent.
 pub fn due(
     store: &mut dyn Store,
-    today: NaiveDate,
+    now: DateTime<Utc>,
     alert_days: &[u32],
 ) -> Result<Vec<Alert>, ServiceError> {
     let mut tx = store.read()?;
@@ -170,14 +181,14 @@ pub fn due(
         let Some(to) = rec.contact.clone() else {
             continue;
         };
-        let Ok(ends) = NaiveDate::parse_from_str(&rec.ends, "%Y-%m-%d") else {
+        let Some(ends) = license::parse_date(&rec.ends) else {
             continue;
         };
-        let Some(st) = stage(ends, today, alert_days) else {
+        let Some(st) = stage(ends, now, alert_days) else {
             continue;
         };
         if !tx.alert_sent(&rec.serial, &rec.ends, &st)? {
-            out.push(alert_for(&rec, &to, &st, today));
+            out.push(alert_for(&rec, &to, &st, now));
         }
     }
     Ok(out)
@@ -202,7 +213,7 @@ pub fn run(
     mailer: Option<&dyn Mailer>,
 ) -> Result<Report, ServiceError> {
     let now = clock.now();
-    let alerts = due(store, now.date_naive(), &settings.alert_days)?;
+    let alerts = due(store, now, &settings.alert_days)?;
     let mut report = Report {
         dry_run: mailer.is_none(),
         ..Report::default()
@@ -257,33 +268,62 @@ mod tests {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
     }
 
+    fn t(s: &str) -> DateTime<Utc> {
+        time::parse_at(s).unwrap()
+    }
+
     #[test]
-    fn stages() {
+    fn stages_count_days_to_the_end_of_the_last_day() {
         let days = [30, 7, 1];
-        assert_eq!(stage(d("2027-03-31"), d("2027-01-01"), &days), None);
+        for (ends, now, want) in [
+            ("2027-03-31", "2027-01-01T00:00:00.000Z", None),
+            // An SLA ending on 2027-01-31 covers that day: 31 days are left on
+            // 2027-01-01, 30 from 2027-01-02T00:00Z (when the appliance's banner warns).
+            ("2027-01-31", "2027-01-01T23:59:59.999Z", None),
+            ("2027-01-31", "2027-01-02T00:00:00.000Z", Some("30")),
+            ("2027-01-07", "2027-01-01T00:00:00.000Z", Some("7")),
+            ("2027-01-05", "2027-01-01T12:00:00.000Z", Some("7")),
+            // The last day: 1 day left, all day long.
+            ("2027-01-01", "2027-01-01T00:00:00.000Z", Some("1")),
+            ("2027-01-01", "2027-01-01T23:59:59.999Z", Some("1")),
+            // Ended from 00:00:00.000Z of the next day.
+            ("2026-12-31", "2027-01-01T00:00:00.000Z", Some("ended")),
+        ] {
+            assert_eq!(
+                stage(d(ends), t(now), &days).as_deref(),
+                want,
+                "{ends} at {now}"
+            );
+        }
         assert_eq!(
-            stage(d("2027-01-31"), d("2027-01-01"), &days).as_deref(),
-            Some("30")
+            days_left(d("2027-01-01"), t("2027-01-01T23:59:59.999Z")),
+            Some(1)
         );
         assert_eq!(
-            stage(d("2027-01-08"), d("2027-01-01"), &days).as_deref(),
-            Some("7")
+            days_left(d("2026-12-31"), t("2027-01-01T00:00:00.000Z")),
+            None
         );
-        assert_eq!(
-            stage(d("2027-01-05"), d("2027-01-01"), &days).as_deref(),
-            Some("7")
-        );
-        assert_eq!(
-            stage(d("2027-01-02"), d("2027-01-01"), &days).as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            stage(d("2027-01-01"), d("2027-01-01"), &days).as_deref(),
-            Some("1")
-        );
-        assert_eq!(
-            stage(d("2026-12-31"), d("2027-01-01"), &days).as_deref(),
-            Some("ended")
-        );
+    }
+
+    #[test]
+    fn service_and_agent_agree_on_the_end_instant() {
+        let ends = d("2030-02-01");
+        for (now, ended) in [
+            ("2030-02-01T23:59:59.999Z", false),
+            ("2030-02-02T00:00:00.000Z", true),
+        ] {
+            assert_eq!(
+                super::super::checkin::sla_ended("2030-02-01", t(now)),
+                ended
+            );
+            assert_eq!(
+                stage(ends, t(now), &[30]).as_deref() == Some("ended"),
+                ended
+            );
+            assert_eq!(
+                license::end_of_date(ends).is_some_and(|e| t(now) >= e),
+                ended
+            );
+        }
     }
 }

@@ -54,7 +54,7 @@ impl Refusal {
     }
 
     fn unknown_prev(message: String, head: Option<&EntryRef>) -> Refusal {
-        let mut r = Refusal::new(409, "unknown_prev", message);
+        let mut r = Refusal::new(409, protocol::error::UNKNOWN_PREV, message);
         r.body.acked_seq = head.map(|h| h.seq);
         r.body.acked_hash = head.map(|h| h.hash.clone());
         r
@@ -210,12 +210,13 @@ pub fn serial_verdict_id(serial: &str, n: u32) -> String {
     format!("{serial}/s{n}")
 }
 
-/// The SLA has ended when `now`'s UTC date is after `ends` (the SLA covers that whole day).
+/// The SLA has ended from 00:00:00.000Z of the day after `ends` (it covers that whole UTC
+/// day): the same instant the agent's countdown starts from
+/// ([`crate::license::end_of_date`]).
 pub fn sla_ended(ends: &str, now: Time) -> bool {
-    match chrono::NaiveDate::parse_from_str(ends, "%Y-%m-%d") {
-        Ok(d) => now.date_naive() > d,
-        Err(_) => false,
-    }
+    crate::license::parse_date(ends)
+        .and_then(crate::license::end_of_date)
+        .is_some_and(|end| now >= end)
 }
 
 /// Apply a prepared check-in inside `tx` at server time `now`. `key_id` names the
@@ -232,7 +233,7 @@ pub fn apply(
     let Some(mut serial) = tx.serial(&b.serial)? else {
         return Ok(Err(Refusal::new(
             404,
-            "unknown_serial",
+            protocol::error::UNKNOWN_SERIAL,
             format!(
                 "serial {} has no SLA record at this service; check the serial number, or ask the vendor to register it",
                 b.serial
@@ -278,7 +279,7 @@ pub fn apply(
                 None => {
                     return Ok(Err(Refusal::new(
                         403,
-                        "activation_code_required",
+                        protocol::error::ACTIVATION_CODE_REQUIRED,
                         format!(
                             "instance {} is new: its first check-in must carry serial {}'s activation code (vmledger init --activation-code CODE)",
                             b.instance, b.serial

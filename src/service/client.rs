@@ -1,11 +1,10 @@
-//! A small check-in client: builds signed `vmledger-checkin-request/v1` requests from an
-//! instance's real state (its key and ledger) and POSTs them over HTTP/1.1 (plain, or TLS
-//! with rustls). Used by the service's tests, the load generator, and available to the
-//! appliance side. It does not decide what to re-send or record receipts: that is the
-//! agent's job (`checkin`); it only speaks the protocol.
+//! The load generator's HTTP side: keep-alive HTTP/1.1 connections (hyper, plain HTTP on
+//! loopback) that carry many check-ins per connection, and the decoding of answers. It
+//! never builds requests (that is [`crate::checkin::sign_request`], the one request
+//! builder) and is not the agent's client (the agent posts with `ureq` in
+//! [`crate::checkin::post`]): it exists because a benchmark needs thousands of check-ins
+//! per second over a few connections, which a blocking client cannot offer.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -13,15 +12,8 @@ use hyper::Request;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio_rustls::rustls;
 
-use crate::identity::Instance;
-use crate::keys::{self, SigningKey};
-use crate::ledger::Entry;
-use crate::protocol::{CHECKIN_FORMAT, CheckinBody, CheckinRequest, Receipt, ServiceError};
-use crate::time::{self, Clock};
-
-/// Client-side failures (network, TLS, unexpected answers).
+/// Load-generator failures (network, unexpected answers, building requests).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("bad service URL `{url}`: {message}")]
@@ -32,87 +24,10 @@ pub enum ClientError {
     Http { addr: String, message: String },
     #[error("{addr}: no answer within {secs} s")]
     Timeout { addr: String, secs: u64 },
-    #[error("{addr}: HTTP {status} with a body that is not a {expected}: {message}")]
-    Unexpected {
-        addr: String,
-        status: u16,
-        expected: &'static str,
-        message: String,
-    },
+    #[error("{addr}: {message}")]
+    Unexpected { addr: String, message: String },
     #[error("cannot build the request: {0}")]
     Build(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-/// A fresh random nonce (32 lowercase hex digits).
-pub fn new_nonce() -> Result<String, ClientError> {
-    keys::random_bytes::<16>()
-        .map(hex::encode)
-        .map_err(|e| ClientError::Build(e.to_string()))
-}
-
-/// Sign a request carrying `entries` (every entry after the last acknowledged one).
-pub fn build_request(
-    serial: &str,
-    instance: &str,
-    key: &SigningKey,
-    entries: Vec<Entry>,
-    activation_code: Option<&str>,
-    sent_at: &str,
-) -> Result<CheckinRequest, ClientError> {
-    let body = CheckinBody {
-        serial: serial.to_string(),
-        instance: instance.to_string(),
-        public_key: key.public_key_b64(),
-        nonce: new_nonce()?,
-        sent_at: sent_at.to_string(),
-        activation_code: activation_code.map(str::to_string),
-        entries,
-        hardware: None,
-    };
-    let req = CheckinRequest::sign(body, key).map_err(|e| ClientError::Build(e.to_string()))?;
-    debug_assert_eq!(req.format, CHECKIN_FORMAT);
-    Ok(req)
-}
-
-/// A request from a real state dir: every ledger entry with seq >= `from_seq`.
-pub fn request_from_state(
-    inst: &Instance,
-    from_seq: u64,
-    activation_code: Option<&str>,
-    clock: &dyn Clock,
-) -> Result<CheckinRequest, ClientError> {
-    let ledger = inst
-        .ledger()
-        .map_err(|e| ClientError::Build(e.to_string()))?;
-    let entries = ledger
-        .entries_from(from_seq)
-        .map_err(|e| ClientError::Build(e.to_string()))?;
-    let serial = inst
-        .settings
-        .serial
-        .clone()
-        .ok_or_else(|| ClientError::Build("the instance has no serial".into()))?;
-    build_request(
-        &serial,
-        &inst.settings.instance,
-        &inst.key,
-        entries,
-        activation_code,
-        &time::format_at(clock.now()),
-    )
-}
-
-/// What the service answered (one value per request: the size difference between the
-/// variants does not matter).
-#[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
-pub enum Reply {
-    /// 200 with a receipt (signature not yet checked: see [`Receipt::verify`]).
-    Receipt(Receipt),
-    /// A 4xx/5xx with its error body.
-    Refused { status: u16, error: ServiceError },
 }
 
 /// Where the service is.
@@ -155,37 +70,14 @@ impl Endpoint {
         })
     }
 
-    fn addr(&self) -> String {
+    /// `host:port` (IPv6 hosts in brackets).
+    pub fn addr(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
         }
     }
-}
-
-/// TLS settings for https endpoints: trust the given CA certificates (PEM) in addition to
-/// none else (tests, private deployments) or the caller's own config.
-pub fn tls_config_with_ca(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_pem)
-        .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?
-    {
-        let c = c.map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
-        roots
-            .add(c)
-            .map_err(|e| ClientError::Tls(format!("{}: {e}", ca_pem.display())))?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ClientError::Tls(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(cfg))
 }
 
 /// One keep-alive HTTP/1.1 connection to the service.
@@ -196,17 +88,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connect (and, for https, handshake with `tls`).
-    pub async fn open(
-        endpoint: &Endpoint,
-        tls: Option<Arc<rustls::ClientConfig>>,
-        timeout: Duration,
-    ) -> Result<Connection, ClientError> {
+    /// Connect (plain HTTP: the load generator runs on loopback).
+    pub async fn open(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, ClientError> {
         let addr = endpoint.addr();
         let cerr = |m: String| ClientError::Connect {
             addr: addr.clone(),
             message: m,
         };
+        if endpoint.https {
+            return Err(cerr(
+                "the load generator speaks plain HTTP on loopback, not https".into(),
+            ));
+        }
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr))
             .await
             .map_err(|_| ClientError::Timeout {
@@ -215,29 +108,17 @@ impl Connection {
             })?
             .map_err(|e| cerr(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let sender = if endpoint.https {
-            let cfg = tls.ok_or_else(|| cerr("https needs a TLS configuration".into()))?;
-            let name = rustls::pki_types::ServerName::try_from(endpoint.host.clone())
-                .map_err(|e| cerr(e.to_string()))?;
-            let tls = tokio::time::timeout(
-                timeout,
-                tokio_rustls::TlsConnector::from(cfg).connect(name, stream),
-            )
-            .await
-            .map_err(|_| ClientError::Timeout {
-                addr: addr.clone(),
-                secs: timeout.as_secs(),
-            })?
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-            handshake(TokioIo::new(tls), &addr).await?
-        } else {
-            handshake(TokioIo::new(stream), &addr).await?
-        };
+        let sender = handshake(TokioIo::new(stream), &addr).await?;
         Ok(Connection {
             sender,
             endpoint: endpoint.clone(),
             timeout,
         })
+    }
+
+    /// The `host:port` this connection talks to.
+    pub fn addr(&self) -> String {
+        self.endpoint.addr()
     }
 
     /// Send one request; returns the status and the body.
@@ -282,13 +163,6 @@ impl Connection {
                 secs: self.timeout.as_secs(),
             })?
     }
-
-    /// POST a check-in request.
-    pub async fn checkin(&mut self, req: &CheckinRequest) -> Result<Reply, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Build(e.to_string()))?;
-        let (status, bytes) = self.send("POST", "/v1/checkin", body).await?;
-        decode_reply(&self.endpoint.addr(), status, &bytes)
-    }
 }
 
 async fn handshake<I>(io: I, addr: &str) -> Result<SendRequest<Full<Bytes>>, ClientError>
@@ -305,67 +179,6 @@ where
         let _ = conn.await;
     });
     Ok(sender)
-}
-
-/// Decode a check-in answer.
-pub fn decode_reply(addr: &str, status: u16, bytes: &[u8]) -> Result<Reply, ClientError> {
-    if status == 200 {
-        serde_json::from_slice::<Receipt>(bytes)
-            .map(Reply::Receipt)
-            .map_err(|e| ClientError::Unexpected {
-                addr: addr.to_string(),
-                status,
-                expected: "vmledger-receipt/v1",
-                message: e.to_string(),
-            })
-    } else {
-        serde_json::from_slice::<ServiceError>(bytes)
-            .map(|error| Reply::Refused { status, error })
-            .map_err(|e| ClientError::Unexpected {
-                addr: addr.to_string(),
-                status,
-                expected: "vmledger-service-error/v1",
-                message: format!("{e}: {}", String::from_utf8_lossy(bytes)),
-            })
-    }
-}
-
-/// One check-in from synchronous code (its own small runtime, one connection).
-pub fn checkin_blocking(
-    url: &str,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    req: &CheckinRequest,
-    timeout: Duration,
-) -> Result<Reply, ClientError> {
-    let ep = Endpoint::parse(url)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Build(e.to_string()))?;
-    rt.block_on(async {
-        let mut c = Connection::open(&ep, tls, timeout).await?;
-        c.checkin(req).await
-    })
-}
-
-/// Send any request from synchronous code (tests of bad input use it).
-pub fn send_blocking(
-    url: &str,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>), ClientError> {
-    let ep = Endpoint::parse(url)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Build(e.to_string()))?;
-    rt.block_on(async {
-        let mut c = Connection::open(&ep, tls, timeout).await?;
-        c.send(method, path, body).await
-    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,9 @@
 //! The check-in load generator behind `vmledger bench checkin`: N simulated instances
 //! (real Ed25519 keys, real signed hash-chained entries built in memory) check in with a
-//! running service over HTTP on loopback.
+//! running service over HTTP on loopback. Requests are signed by the agent's own request
+//! builder ([`crate::checkin::sign_request`]) and answers decoded by its decoder
+//! ([`crate::checkin::decode_reply`]); only the transport differs (async keep-alive
+//! connections, [`super::client`]).
 //!
 //! Open loop: instance `i` is scheduled every `N / rate` seconds at its own phase, and
 //! latency is measured from the *scheduled* time, so a slow service shows up as latency
@@ -21,7 +24,8 @@ use serde_json::Map;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::client::{ClientError, Connection, Endpoint, Reply, build_request};
+use super::client::{ClientError, Connection, Endpoint};
+use crate::checkin::{self, CHECKIN_PATH, Reply};
 use crate::keys::{PUBLIC_KEY_LEN, SigningKey};
 use crate::ledger::entry::{BODY_VERSION, Body, Entry, GENESIS_PREV};
 use crate::protocol::Status;
@@ -144,6 +148,25 @@ impl Sim {
         })
     }
 
+    /// Sign a request carrying `entries` with the one request builder the agent uses.
+    fn request(
+        &self,
+        entries: Vec<Entry>,
+        activation_code: Option<String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<crate::protocol::CheckinRequest, ClientError> {
+        checkin::sign_request(
+            &self.serial,
+            &self.key,
+            &self.instance,
+            entries,
+            activation_code,
+            None,
+            now,
+        )
+        .map_err(|e| ClientError::Build(e.to_string()))
+    }
+
     fn append(&mut self, kind: &str, now: &str) -> Result<(), ClientError> {
         let last = self
             .entries
@@ -175,6 +198,16 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// POST a signed request's bytes on `conn` and decode the answer.
+async fn post(conn: &mut Connection, body: Vec<u8>) -> Result<Reply, ClientError> {
+    let (status, bytes) = conn.send("POST", CHECKIN_PATH, body).await?;
+    let addr = conn.addr();
+    checkin::decode_reply(status, &bytes, &addr).map_err(|f| ClientError::Unexpected {
+        addr,
+        message: f.detail,
+    })
 }
 
 /// Single-core Ed25519 verifications per second (ring), measured for about `dur`.
@@ -215,6 +248,18 @@ impl Shared {
             .ok_or_else(|| ClientError::Build("connection pool closed".into()))
     }
 
+    fn refused(&self, status: u16, error: Option<&crate::protocol::ServiceError>) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.first_error.lock()
+            && f.is_none()
+        {
+            *f = Some(match error {
+                Some(e) => format!("HTTP {status} {}: {}", e.error, e.message),
+                None => format!("HTTP {status} without a service error body"),
+            });
+        }
+    }
+
     fn error(&self, e: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut f) = self.first_error.lock()
@@ -228,21 +273,14 @@ impl Shared {
 /// Build and sign `k` check-ins of `sim` ahead of time, one new entry each.
 fn presign(sim: &mut Sim, k: usize) -> Result<(), ClientError> {
     for _ in 0..k {
-        let now = time::format_at(SystemClock.now());
-        sim.append("checkin", &now)?;
+        let now = SystemClock.now();
+        sim.append("checkin", &time::format_at(now))?;
         let e = sim
             .entries
             .last()
             .cloned()
             .ok_or_else(|| ClientError::Build("empty".into()))?;
-        let req = build_request(
-            &sim.serial,
-            &sim.instance,
-            &sim.key,
-            vec![e.clone()],
-            None,
-            &now,
-        )?;
+        let req = sim.request(vec![e.clone()], None, now)?;
         sim.queue.push_back(Pre {
             body: serde_json::to_vec(&req).map_err(|x| ClientError::Build(x.to_string()))?,
             nonce: req.body.nonce,
@@ -256,18 +294,14 @@ fn presign(sim: &mut Sim, k: usize) -> Result<(), ClientError> {
 /// Send one pre-signed check-in. Returns true when acknowledged.
 async fn checkin_presigned(shared: &Shared, sim: &mut Sim, pre: Pre) -> Result<bool, ClientError> {
     let mut conn = shared.take().await?;
-    let addr = format!("{}:{}", shared.endpoint.host, shared.endpoint.port);
-    let result = conn
-        .send("POST", "/v1/checkin", pre.body)
-        .await
-        .and_then(|(status, bytes)| super::client::decode_reply(&addr, status, &bytes));
+    let result = post(&mut conn, pre.body).await;
     let reply = match result {
         Ok(r) => {
             let _ = shared.pool.send(conn).await;
             r
         }
         Err(e) => {
-            if let Ok(c) = Connection::open(&shared.endpoint, None, Duration::from_secs(30)).await {
+            if let Ok(c) = Connection::open(&shared.endpoint, Duration::from_secs(30)).await {
                 let _ = shared.pool.send(c).await;
             }
             return Err(e);
@@ -293,12 +327,7 @@ async fn checkin_presigned(shared: &Shared, sim: &mut Sim, pre: Pre) -> Result<b
             Ok(false)
         }
         Reply::Refused { status, error } => {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut f) = shared.first_error.lock()
-                && f.is_none()
-            {
-                *f = Some(format!("HTTP {status} {}: {}", error.error, error.message));
-            }
+            shared.refused(status, error.as_ref());
             // The chain of pre-signed requests is broken: continue signing live.
             sim.queue.clear();
             Ok(false)
@@ -316,15 +345,16 @@ async fn checkin_once(
     if let Some(pre) = sim.queue.pop_front() {
         return checkin_presigned(shared, sim, pre).await;
     }
-    let now = time::format_at(clock.now());
+    let now = clock.now();
     if sim.activated {
-        sim.append("checkin", &now)?;
+        sim.append("checkin", &time::format_at(now))?;
     }
     let entries = sim.entries[sim.unacked..].to_vec();
-    let code = (!sim.activated).then_some(opts.activation_code.as_str());
-    let req = build_request(&sim.serial, &sim.instance, &sim.key, entries, code, &now)?;
+    let code = (!sim.activated).then(|| opts.activation_code.clone());
+    let req = sim.request(entries, code, now)?;
+    let body = serde_json::to_vec(&req).map_err(|e| ClientError::Build(e.to_string()))?;
     let mut conn = shared.take().await?;
-    let result = conn.checkin(&req).await;
+    let result = post(&mut conn, body).await;
     match result {
         Ok(reply) => {
             let _ = shared.pool.send(conn).await;
@@ -357,19 +387,14 @@ async fn checkin_once(
                     Ok(true)
                 }
                 Reply::Refused { status, error } => {
-                    shared.refused.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut f) = shared.first_error.lock()
-                        && f.is_none()
-                    {
-                        *f = Some(format!("HTTP {status} {}: {}", error.error, error.message));
-                    }
+                    shared.refused(status, error.as_ref());
                     Ok(false)
                 }
             }
         }
         Err(e) => {
             // The connection may be broken: replace it.
-            if let Ok(c) = Connection::open(&shared.endpoint, None, Duration::from_secs(30)).await {
+            if let Ok(c) = Connection::open(&shared.endpoint, Duration::from_secs(30)).await {
                 let _ = shared.pool.send(c).await;
             }
             Err(e)
@@ -394,7 +419,7 @@ pub async fn run(opts: Options) -> Result<Report, ClientError> {
     let conns = opts.connections.max(1);
     let (ptx, prx) = tokio::sync::mpsc::channel(conns);
     for _ in 0..conns {
-        let c = Connection::open(&endpoint, None, Duration::from_secs(30)).await?;
+        let c = Connection::open(&endpoint, Duration::from_secs(30)).await?;
         let _ = ptx.send(c).await;
     }
     let shared = Arc::new(Shared {

@@ -12,7 +12,7 @@
 //! | `http.rs` | the HTTP API (axum over hyper), limits, TLS, metrics, shutdown |
 //! | `admin.rs` | `vmledger admin ...` operations on the database |
 //! | `alerts.rs` | SLA expiry alerts over SMTP (lettre) |
-//! | `client.rs` | a small check-in client: requests from real state dirs, HTTP POST |
+//! | `client.rs` | the load generator's keep-alive HTTP/1.1 connections (no request building) |
 //! | `loadgen.rs` | the check-in load generator (`vmledger bench checkin`) |
 //!
 //! Only this module speaks HTTP or SMTP. It never prints and never exits; time comes from

@@ -179,3 +179,4 @@ pub fn require(prog: &str) {
 pub mod hwfix;
 pub mod schema;
 pub mod treefix;
+pub mod watch;

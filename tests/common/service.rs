@@ -1,10 +1,14 @@
-//! Test support for the licensing service: a real service on 127.0.0.1:0 (in-process via
-//! `vmledger::service::launch` with an injected clock, or the real `vmledger serve`
-//! binary), appliance copies made with the real binary (`init`, `boot`, state dirs copied
-//! to simulate VM copies), and a minimal agent that checks a copy in the way the
-//! appliance does: entries after the last acknowledged one, signed with the copy's real
-//! key; on a receipt it records a `checkin` entry citing it; on 409 it re-sends from the
-//! service's acknowledged head.
+//! Test support for the licensing service and the agent together: a real service on
+//! 127.0.0.1:0 (in-process via `vmledger::service::launch` with an injected clock, or the
+//! real `vmledger serve` binary, under libfaketime when its clock must move), and
+//! appliance copies that are state dirs driven by the real agent binary (`init --service
+//! ... --activation-code ...`, `boot`, `checkin`, `status`, under `faketime` at the test's
+//! simulated instant so that the agent's clock agrees with the service's). State dirs are
+//! copied to simulate VM copies, backups and snapshots. What a check-in came to is read
+//! back from what the agent recorded (its `checkin` entry and stored receipt, or its
+//! `checkin_failed` entry). Raw-protocol tests build requests with the agent's own
+//! `vmledger::checkin::prepare` and post them with `vmledger::checkin::post` or
+//! [`http`].
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -14,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
+use vmledger::checkin;
 use vmledger::identity::{Instance, StateDir};
 use vmledger::keys::PUBLIC_KEY_LEN;
-use vmledger::protocol::{CheckinRequest, Receipt, ServiceError, Status};
-use vmledger::service::client::{self, Reply};
+use vmledger::protocol::{CheckinRequest, Receipt, Status};
 use vmledger::service::{self, ServiceConfig, Settings};
 use vmledger::time::{self, Clock, KernelClock};
 
@@ -74,21 +78,29 @@ pub fn init_db(sb: &Sandbox) -> (PathBuf, [u8; PUBLIC_KEY_LEN]) {
 
 /// `vmledger admin sla set SERIAL --ends ENDS --activation-code CODE` through the binary.
 pub fn sla(sb: &Sandbox, db: &Path, serial: &str, ends: &str, code: &str) -> Value {
-    sb.cmd([
-        "admin",
-        "sla",
-        "set",
-        serial,
-        "--ends",
-        ends,
-        "--activation-code",
-        code,
-        "--json",
-        "--db",
-    ])
-    .arg(db)
-    .ok()
-    .json()
+    sla_set(sb, db, serial, ends, Some(code), None)
+}
+
+/// `vmledger admin sla set SERIAL --ends ENDS [--activation-code CODE] [--contact EMAIL]
+/// --json` through the binary (the output checked against its schema).
+pub fn sla_set(
+    sb: &Sandbox,
+    db: &Path,
+    serial: &str,
+    ends: &str,
+    code: Option<&str>,
+    contact: Option<&str>,
+) -> Value {
+    let mut c = sb.cmd(["admin", "sla", "set", serial, "--ends", ends, "--json"]);
+    if let Some(code) = code {
+        c = c.arg("--activation-code").arg(code);
+    }
+    if let Some(contact) = contact {
+        c = c.arg("--contact").arg(contact);
+    }
+    let doc = c.arg("--db").arg(db).ok().json();
+    validate("admin-sla", &doc);
+    doc
 }
 
 /// `vmledger admin show WHAT --json`.
@@ -186,23 +198,62 @@ pub struct ServeProc {
     pub url: String,
 }
 
+/// The clock a `vmledger serve` process reads.
+pub enum ServeTime<'a> {
+    Real,
+    /// libfaketime: starts at this instant (`YYYY-MM-DD hh:mm:ss`) and runs.
+    From(&'a str),
+    /// libfaketime reading its spec from this file at every clock call, so the test moves
+    /// the service's clock by rewriting the file (see [`set_time_file`]).
+    File(&'a Path),
+}
+
+/// Write a libfaketime spec for a service started with [`ServeTime::File`]: its clock
+/// reads `at` (`YYYY-MM-DD hh:mm:ss`) from now on and runs from there.
+pub fn set_time_file(file: &Path, at: &str) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("@{at}\n")).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 impl ServeProc {
     /// Start `vmledger serve --db DB --listen 127.0.0.1:0 EXTRA...`, optionally under
     /// `faketime SPEC`, and wait for its "serving on" line.
     pub fn start(sb: &Sandbox, db: &Path, faketime: Option<&str>, extra: &[&str]) -> ServeProc {
+        let time = faketime.map_or(ServeTime::Real, ServeTime::From);
+        ServeProc::start_on(sb, db, time, "127.0.0.1:0", extra)
+    }
+
+    /// Start `vmledger serve --db DB --listen LISTEN EXTRA...` with the given clock.
+    pub fn start_on(
+        sb: &Sandbox,
+        db: &Path,
+        time: ServeTime<'_>,
+        listen: &str,
+        extra: &[&str],
+    ) -> ServeProc {
         let mut cmd = Command::new(bin());
-        if let Some(spec) = faketime {
-            // Preload libfaketime directly (not through the `faketime` wrapper) so that
-            // signals reach the service itself.
-            cmd.env("LD_PRELOAD", libfaketime())
-                .env("FAKETIME", format!("@{spec}"))
-                // Timers (tokio) need a real monotonic clock.
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        // Preload libfaketime directly (not through the `faketime` wrapper) so that
+        // signals reach the service itself; timers (tokio) keep a real monotonic clock.
+        match time {
+            ServeTime::Real => {}
+            ServeTime::From(spec) => {
+                cmd.env("LD_PRELOAD", libfaketime())
+                    .env("FAKETIME", format!("@{spec}"))
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
+            ServeTime::File(file) => {
+                cmd.env("LD_PRELOAD", libfaketime())
+                    .env("FAKETIME_TIMESTAMP_FILE", file)
+                    .env("FAKETIME_NO_CACHE", "1")
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
         }
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        cmd.args(["serve", "--listen", listen, "--db"])
             .arg(db)
             .args(extra)
             .env("HOME", sb.path())
+            .env("TZ", "UTC")
             .env_remove("VMLEDGER_DB")
             .env_remove("VMLEDGER_CONFIG")
             .stdin(Stdio::null())
@@ -232,6 +283,11 @@ impl ServeProc {
         ServeProc { child, url }
     }
 
+    /// Send `sig` to the service process.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
     pub fn kill9(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -239,11 +295,7 @@ impl ServeProc {
 
     /// SIGTERM and wait; returns the exit code.
     pub fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        self.signal(nix::sys::signal::Signal::SIGTERM);
         self.child.wait().unwrap().code().unwrap_or(-1)
     }
 }
@@ -272,34 +324,148 @@ pub fn libfaketime() -> PathBuf {
     panic!("libfaketime.so.1 not found; install the `faketime` package (tests/run does)");
 }
 
-/// One appliance copy: a state dir made by the real binary.
+/// When a command runs: under `faketime` at a given instant, or on the real clock.
+pub trait At {
+    /// The `faketime` start time (`YYYY-MM-DD hh:mm:ss`, UTC), or `None` for the real clock.
+    fn spec(&self) -> Option<String>;
+}
+
+impl At for TestClock {
+    fn spec(&self) -> Option<String> {
+        Some(self.faketime())
+    }
+}
+
+impl At for str {
+    fn spec(&self) -> Option<String> {
+        Some(self.to_string())
+    }
+}
+
+/// The real clock (no `faketime`).
+pub struct RealTime;
+
+impl At for RealTime {
+    fn spec(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What one check-in by the real agent came to, read back from what it recorded: the
+/// `checkin` entry and the receipt it stored (signature verified with the service key), or
+/// the `checkin_failed` entry.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// The agent accepted a receipt.
+    Receipt(Box<Receipt>),
+    /// The service answered non-2xx (`error` is its `vmledger-service-error/v1` code).
+    Refused {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// Any other failure (transport, or a receipt the agent rejected), with the reason
+    /// word the agent recorded.
+    Failed { reason: String, detail: String },
+}
+
+/// What `vmledger boot --json` did.
+#[derive(Debug)]
+pub struct Boot {
+    pub code: i32,
+    pub doc: Value,
+    /// The boot-time check-in, when one was attempted.
+    pub checkin: Option<Reply>,
+}
+
+/// One appliance copy: a state dir made by the real binary, configured to check in with a
+/// service (`init --service URL --service-key KEY --activation-code CODE`). Every command
+/// runs the real `vmledger` with `--state-dir` on it, under `faketime` when asked.
 #[derive(Debug, Clone)]
 pub struct Copy {
     pub dir: PathBuf,
+    /// HOME of the commands (the sandbox).
+    home: PathBuf,
+    /// The service key its receipts must verify under.
+    pub service_key: [u8; PUBLIC_KEY_LEN],
 }
 
-/// The agent's bookkeeping, kept in the state dir so that copies carry it.
-const ACKED: &str = "test-acked.json";
-
 impl Copy {
-    /// `vmledger init --serial SERIAL` (under faketime at `at`).
-    pub fn init(sb: &Sandbox, name: &str, serial: &str, at: &str) -> Copy {
-        let c = Copy { dir: sb.join(name) };
-        c.run(sb, at, &["init", "--serial", serial]);
+    /// `vmledger init --serial SERIAL --service URL --service-key KEY [--activation-code
+    /// CODE]` at `at`.
+    pub fn init(
+        sb: &Sandbox,
+        name: &str,
+        serial: &str,
+        url: &str,
+        service_key: &[u8; PUBLIC_KEY_LEN],
+        code: Option<&str>,
+        at: &(impl At + ?Sized),
+    ) -> Copy {
+        Copy::init_with(sb, name, serial, Some(url), service_key, code, at)
+    }
+
+    /// An air-gapped copy: `init` with the pinned service key (and code) but no URL; it
+    /// checks in through request and response files only.
+    pub fn init_air_gapped(
+        sb: &Sandbox,
+        name: &str,
+        serial: &str,
+        service_key: &[u8; PUBLIC_KEY_LEN],
+        code: Option<&str>,
+        at: &(impl At + ?Sized),
+    ) -> Copy {
+        Copy::init_with(sb, name, serial, None, service_key, code, at)
+    }
+
+    fn init_with(
+        sb: &Sandbox,
+        name: &str,
+        serial: &str,
+        url: Option<&str>,
+        service_key: &[u8; PUBLIC_KEY_LEN],
+        code: Option<&str>,
+        at: &(impl At + ?Sized),
+    ) -> Copy {
+        let c = Copy {
+            dir: sb.join(name),
+            home: sb.path().to_path_buf(),
+            service_key: *service_key,
+        };
+        let key = vmledger::keys::b64_encode(service_key);
+        let mut args = vec!["init", "--serial", serial, "--service-key", &key];
+        if let Some(url) = url {
+            args.extend(["--service", url]);
+        }
+        if let Some(code) = code {
+            args.extend(["--activation-code", code]);
+        }
+        c.ok(at, &args);
         c
     }
 
-    /// The real binary on this state dir, with the clock faked to `at`.
-    pub fn run(&self, sb: &Sandbox, at: &str, args: &[&str]) -> super::Run {
-        super::require("faketime");
-        let mut c = super::Cmd::new(Vec::<&str>::new());
-        let mut cmd = Command::new("faketime");
-        cmd.arg(at)
-            .arg(bin())
-            .arg("--state-dir")
+    /// The real binary on this state dir (any exit status).
+    pub fn run(&self, at: &(impl At + ?Sized), args: &[&str]) -> super::Run {
+        super::vendor::run_with_deadline(self.command(at, args), Duration::from_secs(120))
+    }
+
+    /// The command [`Copy::run`] runs (for long-running ones such as `watch`).
+    pub fn command(&self, at: &(impl At + ?Sized), args: &[&str]) -> Command {
+        let mut cmd = match at.spec() {
+            Some(spec) => {
+                super::require("faketime");
+                let mut c = Command::new("faketime");
+                c.arg(spec).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.arg("--state-dir")
             .arg(&self.dir)
             .args(args)
-            .env("HOME", sb.path())
+            .env("HOME", &self.home)
+            .env("TZ", "UTC")
+            // Timers and network timeouts keep a real monotonic clock.
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
@@ -307,20 +473,160 @@ impl Copy {
                 cmd.env_remove(k);
             }
         }
-        c.cmd = cmd;
-        c.ok()
+        cmd
     }
 
-    /// `vmledger boot` with the clock at `clock`'s time.
-    pub fn boot(&self, sb: &Sandbox, clock: &TestClock) {
-        self.run(sb, &clock.faketime(), &["boot"]);
+    /// The real binary on this state dir; insists on exit 0.
+    pub fn ok(&self, at: &(impl At + ?Sized), args: &[&str]) -> super::Run {
+        let r = self.run(at, args);
+        assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
+        r
+    }
+
+    /// `vmledger checkin --json`: what the agent does daily. Returns what it recorded.
+    pub fn checkin(&self, at: &(impl At + ?Sized)) -> Reply {
+        let r = self.run(at, &["checkin", "--json"]);
+        assert!(
+            matches!(r.code, 0 | 1 | 3 | 4),
+            "checkin exit {}: {}{}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        let doc = r.json();
+        validate("checkin", &doc);
+        let seq = doc["seq"].as_u64().expect("checkin --json names its entry");
+        let reply = self.outcome(seq);
+        match &reply {
+            Reply::Receipt(rc) => {
+                assert_eq!(doc["ok"], true);
+                assert_eq!(doc["acked_hash"], rc.body.acked_hash);
+                let want = match doc["state"].as_str() {
+                    Some("locked") => 3,
+                    Some("disabled") => 4,
+                    _ => 0,
+                };
+                assert_eq!(r.code, want, "{doc}");
+            }
+            _ => {
+                assert_eq!(doc["ok"], false);
+                assert_eq!(r.code, 1, "{doc}");
+            }
+        }
+        reply
+    }
+
+    /// `vmledger boot --json` (which checks in when a service is configured).
+    pub fn boot(&self, at: &(impl At + ?Sized)) -> Boot {
+        let r = self.run(at, &["boot", "--json"]);
+        assert!(
+            matches!(r.code, 0 | 4),
+            "boot exit {}: {}{}",
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+        let doc = r.json();
+        let checkin = doc["checkin"]["seq"].as_u64().map(|s| self.outcome(s));
+        Boot {
+            code: r.code,
+            doc,
+            checkin,
+        }
+    }
+
+    /// `vmledger boot --offline --json`: a boot without the boot-time check-in (the copy
+    /// runs cut off from the service).
+    pub fn boot_offline(&self, at: &(impl At + ?Sized)) -> Boot {
+        let r = self.run(at, &["boot", "--offline", "--json"]);
+        assert!(
+            matches!(r.code, 0 | 4),
+            "boot exit {}: {}",
+            r.code,
+            r.stderr
+        );
+        Boot {
+            code: r.code,
+            doc: r.json(),
+            checkin: None,
+        }
+    }
+
+    /// `vmledger status --json`.
+    pub fn status(&self, at: &(impl At + ?Sized)) -> Value {
+        let doc = self.ok(at, &["status", "--json"]).json();
+        validate("status", &doc);
+        doc
+    }
+
+    /// Point this copy at another service URL (`init --service URL` on the initialised
+    /// copy, as an admin would after the service moved).
+    pub fn point_to(&self, at: &(impl At + ?Sized), url: &str) {
+        self.ok(at, &["init", "--service", url]);
+    }
+
+    /// What the ledger entry at `seq` (a `checkin` or `checkin_failed`) recorded.
+    pub fn outcome(&self, seq: u64) -> Reply {
+        let ledger = self.instance().ledger().unwrap();
+        let e = ledger
+            .entry(seq)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no entry {seq}"));
+        let d = &e.body.data;
+        let text = |k: &str| d.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        match e.body.kind.as_str() {
+            "checkin" => {
+                let hash = text("receipt");
+                let r = vmledger::checkin::stored_receipt(&ledger, &hash)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("receipt {hash} not stored"));
+                r.verify(&self.service_key)
+                    .expect("the stored receipt verifies under the service key");
+                assert_eq!(r.hash().unwrap(), hash);
+                assert_eq!(text("acked_hash"), r.body.acked_hash);
+                Reply::Receipt(Box::new(r))
+            }
+            "checkin_failed" => match d.get("http_status").and_then(Value::as_u64) {
+                Some(status) => Reply::Refused {
+                    status: status as u16,
+                    error: text("service_error"),
+                    message: text("service_message"),
+                },
+                None => Reply::Failed {
+                    reason: text("reason"),
+                    detail: text("detail"),
+                },
+            },
+            other => panic!("entry {seq} is a `{other}`, not a check-in outcome"),
+        }
+    }
+
+    /// A signed request this copy would send now, built by the agent's own
+    /// [`vmledger::checkin::prepare`] (for raw-protocol tests): entries after its
+    /// acknowledged head, with `code` as activation code while it never checked in.
+    pub fn request(&self, code: Option<&str>, clock: &dyn Clock) -> CheckinRequest {
+        let inst = self.instance();
+        let ledger = inst.ledger().unwrap();
+        let from = checkin::acknowledged(&ledger)
+            .unwrap()
+            .map_or(0, |(s, _)| s + 1);
+        let service = checkin::Service {
+            activation_code: code.map(str::to_string),
+            ..Default::default()
+        };
+        checkin::prepare(&inst, &ledger, &service, from, None, clock)
+            .unwrap()
+            .request
     }
 
     /// Copy the whole state dir (a VM copy or backup).
     pub fn copy_to(&self, sb: &Sandbox, name: &str) -> Copy {
         let dir = sb.join(name);
         copy_dir(&self.dir, &dir);
-        Copy { dir }
+        Copy {
+            dir,
+            ..self.clone()
+        }
     }
 
     /// Replace this copy's state with `other`'s (restore a backup or snapshot in place).
@@ -337,86 +643,20 @@ impl Copy {
         self.instance().settings.instance
     }
 
-    fn acked(&self) -> Option<(u64, String)> {
-        let text = std::fs::read_to_string(self.dir.join(ACKED)).ok()?;
-        let v: Value = serde_json::from_str(&text).ok()?;
-        Some((v["seq"].as_u64()?, v["hash"].as_str()?.to_string()))
-    }
-
-    fn set_acked(&self, acked: Option<(u64, String)>) {
-        match acked {
-            Some((seq, hash)) => std::fs::write(
-                self.dir.join(ACKED),
-                json!({"seq": seq, "hash": hash}).to_string(),
-            )
-            .unwrap(),
-            None => {
-                let _ = std::fs::remove_file(self.dir.join(ACKED));
-            }
-        }
-    }
-
-    /// The signed request this copy would send now (entries after its acknowledged head).
-    pub fn request(&self, code: Option<&str>, clock: &dyn Clock) -> CheckinRequest {
-        let from = self.acked().map_or(0, |(s, _)| s + 1);
-        client::request_from_state(&self.instance(), from, code, clock).unwrap()
-    }
-
-    /// Check in with `url` at `clock`'s time the way the agent does. Returns the final
-    /// reply; on a receipt the copy records a `checkin` entry citing it.
-    pub fn checkin(
-        &self,
-        url: &str,
-        service_key: &[u8; 32],
-        code: Option<&str>,
-        clock: &dyn Clock,
-    ) -> Reply {
-        let mut last = None;
-        for _ in 0..3 {
-            let req = self.request(code, clock);
-            let reply = client::checkin_blocking(url, None, &req, Duration::from_secs(30)).unwrap();
-            match &reply {
-                Reply::Receipt(r) => {
-                    r.verify(service_key)
-                        .expect("receipt signed by the service key");
-                    assert_eq!(r.body.nonce, req.body.nonce, "nonce echoed");
-                    assert_eq!(r.body.instance, req.body.instance);
-                    self.set_acked(Some((r.body.acked_seq, r.body.acked_hash.clone())));
-                    self.record_receipt(r, clock);
-                    return reply;
-                }
-                Reply::Refused { status: 409, error } if error.error == "unknown_prev" => {
-                    // Re-send from the service's acknowledged head when it is ours.
-                    let ours = error.acked_seq.and_then(|s| {
-                        let e = self.instance().ledger().unwrap().entry(s).unwrap()?;
-                        (Some(&e.hash) == error.acked_hash.as_ref()).then_some((s, e.hash))
-                    });
-                    self.set_acked(ours);
-                    last = Some(reply);
-                }
-                _ => return reply,
-            }
-        }
-        last.unwrap()
-    }
-
-    fn record_receipt(&self, r: &Receipt, clock: &dyn Clock) {
-        let inst = self.instance();
-        let mut data = Map::new();
-        data.insert("receipt".into(), json!(r.hash().unwrap()));
-        data.insert(
-            "status".into(),
-            serde_json::to_value(r.body.status).unwrap(),
-        );
-        inst.ledger()
-            .unwrap()
-            .append(&inst.key, "test_receipt_noted", data, clock)
-            .unwrap();
-    }
-
     /// Number of ledger entries.
     pub fn len(&self) -> u64 {
         self.instance().ledger().unwrap().count().unwrap()
+    }
+
+    /// Kinds of every ledger entry, in order.
+    pub fn kinds(&self) -> Vec<String> {
+        let ledger = self.instance().ledger().unwrap();
+        ledger
+            .entries_from(0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body.kind)
+            .collect()
     }
 }
 
@@ -433,19 +673,19 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The receipt in a reply, or a panic naming the refusal.
+/// The receipt in a reply, or a panic naming the failure.
 pub fn receipt(reply: &Reply) -> &Receipt {
     match reply {
         Reply::Receipt(r) => r,
-        Reply::Refused { status, error } => panic!("refused {status}: {error:?}"),
+        other => panic!("expected a receipt, got {other:?}"),
     }
 }
 
-/// The refusal in a reply, or a panic.
-pub fn refused(reply: &Reply) -> (u16, &ServiceError) {
+/// The refusal in a reply (HTTP status and error code), or a panic.
+pub fn refused(reply: &Reply) -> (u16, &str) {
     match reply {
-        Reply::Refused { status, error } => (*status, error),
-        Reply::Receipt(r) => panic!("expected a refusal, got a receipt: {:?}", r.body),
+        Reply::Refused { status, error, .. } => (*status, error),
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -456,31 +696,71 @@ pub fn assert_status(reply: &Reply, status: Status, reason: Option<&str>) {
     assert_eq!(r.body.reason.as_deref(), reason, "{:?}", r.body);
 }
 
-/// Validate `doc` against `schemas/NAME.schema.json` (resolving references by `$id`).
-pub fn validate(name: &str, doc: &Value) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
-    let load = |n: &str| -> Value {
-        serde_json::from_str(
-            &std::fs::read_to_string(dir.join(n)).unwrap_or_else(|e| panic!("{n}: {e}")),
-        )
-        .unwrap()
-    };
-    let mut opts = jsonschema::options();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let n = e.unwrap().file_name().to_string_lossy().into_owned();
-        if n.ends_with(".schema.json") {
-            let s = load(&n);
-            let id = s["$id"].as_str().unwrap().to_string();
-            opts = opts.with_resource(id, jsonschema::Resource::from_contents(s).unwrap());
+/// POST a hand-built request with the agent's own HTTP client
+/// ([`vmledger::checkin::post`]), for raw-protocol tests; nothing is recorded.
+pub fn post(url: &str, req: &CheckinRequest) -> Reply {
+    match checkin::post(url, req, Duration::from_secs(30)) {
+        Ok(checkin::Reply::Receipt(r)) => Reply::Receipt(r),
+        Ok(checkin::Reply::Refused { status, error }) => {
+            let e = error.expect("a vmledger-service-error/v1 body");
+            Reply::Refused {
+                status,
+                error: e.error,
+                message: e.message,
+            }
         }
+        Err(f) => Reply::Failed {
+            reason: f.reason.to_string(),
+            detail: f.detail,
+        },
     }
-    let schema = load(&format!("{name}.schema.json"));
-    let v = opts
-        .build(&schema)
-        .unwrap_or_else(|e| panic!("schema {name}: {e}"));
-    let errors: Vec<String> = v
-        .iter_errors(doc)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(errors.is_empty(), "{name}: {errors:#?}\n{doc:#}");
+}
+
+/// One raw HTTP request (any method, path and body) with `ureq`; returns the status and
+/// the body. `ca` trusts a PEM certificate for https.
+pub fn http(url: &str, method: &str, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    http_with(url, None, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`] with an optional CA certificate (PEM) for https; transport errors returned.
+pub fn http_with(
+    url: &str,
+    ca: Option<&Path>,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), ureq::Error> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_redirects(0)
+        .proxy(None);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap();
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[cert]))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
+    let uri = format!("{}{path}", url.trim_end_matches('/'));
+    let builder = ureq::http::Request::builder()
+        .method(method)
+        .uri(&uri)
+        .header("content-type", "application/json");
+    let response = if body.is_empty() && method == "GET" {
+        agent.run(builder.body(()).unwrap())?
+    } else {
+        agent.run(builder.body(body).unwrap())?
+    };
+    let status = response.status().as_u16();
+    let bytes = response.into_body().read_to_vec()?;
+    Ok((status, bytes))
+}
+
+/// Validate `doc` against `schemas/NAME.schema.json` (references resolved by `$id`).
+pub fn validate(name: &str, doc: &Value) {
+    super::schema::assert_valid(name, doc);
 }
