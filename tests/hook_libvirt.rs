@@ -207,5 +207,33 @@ fn two_domains_deployed_from_one_pristine_template_both_start() {
         assert_eq!(boot["guard"]["decision"], "allowed", "{name}: {boot}");
         assert_eq!(boot["disks"][0]["backing"][0]["path"], template.to_str().unwrap());
     }
+    // A third appliance deployed as a full copy of the template (same content as the
+    // overlays started from) also starts while the other two run: the template's content
+    // is no appliance's state.
+    let full = sb.join("vmlt-c3.qcow2");
+    std::fs::copy(&template, &full).unwrap();
+    let log = sb.join("vmlt-c3.serial");
+    let c3 = stack.define(
+        &sb,
+        "vmlt-c3",
+        &domain_xml(
+            "vmlt-c3",
+            None,
+            None,
+            Some("52:54:00:6c:74:13"),
+            &[DiskSpec::qcow2("vda", &full)],
+            Some(&log),
+        ),
+    );
+    let o = start(&c3);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_written(&log);
+    let boot = latest(&host_entries(&sb, &c3), "host_boot").clone();
+    assert_eq!(boot["guard"]["decision"], "allowed", "{boot}");
+    let c1 = latest(&host_entries(&sb, "vmlt-c1"), "host_boot").clone();
+    assert_eq!(boot["disks"][0]["content_root"], c1["disks"][0]["content_root"]);
+    for name in &names {
+        assert_eq!(stack.state(name), "running");
+    }
     drop(stack);
 }
