@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::libvirt::{
-    DiskSpec, GUEST_WROTE, Stack, domain_xml, guest_image, host_entries, kinds, latest, virsh,
+    DiskSpec, GUEST_WROTE, Stack, as_root_or_skip, domain_xml, guest_image, host_entries, kinds, latest, virsh,
     wait_for, xml_text,
 };
 use common::{Sandbox, images::qemu_img};
@@ -53,6 +53,9 @@ fn settle(sb: &Sandbox, config: &Path, uuid: &str) {
 
 #[test]
 fn a_copy_is_refused_while_the_original_runs_and_starts_as_a_restore_after() {
+    if !as_root_or_skip() {
+        return;
+    }
     let (sb, config) = sandbox();
     let mut stack = Stack::acquire(&sb, &config);
 
@@ -161,6 +164,9 @@ fn a_copy_is_refused_while_the_original_runs_and_starts_as_a_restore_after() {
 
 #[test]
 fn two_domains_deployed_from_one_pristine_template_both_start() {
+    if !as_root_or_skip() {
+        return;
+    }
     let (sb, config) = sandbox();
     let mut stack = Stack::acquire(&sb, &config);
     let template = sb.join("template.qcow2");

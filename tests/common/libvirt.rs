@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -254,6 +255,52 @@ fn restart_libvirtd() {
 }
 
 static RESTARTED: std::sync::Once = std::sync::Once::new();
+
+/// Whether this test process may drive the system libvirtd (it installs a hook under
+/// `/etc/libvirt` and restarts the daemon): call first in every test that uses [`Stack`],
+/// and return at once when it says `false`.
+///
+/// As root: `true`. Otherwise, with passwordless sudo, the current test runs again as root
+/// in a child process (its result is this test's result) and this returns `false`.
+/// Without either the test is skipped with a loud message on stderr: `tests/run` says so
+/// too.
+pub fn as_root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let name = std::thread::current()
+        .name()
+        .expect("libtest names the test's thread")
+        .to_string();
+    let sudo = Command::new("sudo")
+        .args(["-n", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sudo {
+        // Straight to the process's stderr, past libtest's capture: a skip must be seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED {name}: it drives the system libvirtd and needs root (or passwordless sudo); run tests/run as root ***\n"
+        );
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let o = Command::new("sudo")
+        .arg("-n")
+        .arg(&exe)
+        .args(["--exact", &name, "--nocapture", "--test-threads=1"])
+        .output()
+        .expect("run the test again through sudo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("1 passed"),
+        "{name} as root (sudo) failed:\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    false
+}
 
 /// The real libvirtd with vmledger's hook installed for one test.
 pub struct Stack {
