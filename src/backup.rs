@@ -2,7 +2,7 @@
 //! what verifying an image against it says: which byte ranges differ, and what restoring
 //! it means for the license, in plain words, from the host ledgers.
 //!
-//! # The signed manifest (the contract; `docs/formats/hooks.md` has it to the byte)
+//! # The signed manifest (the contract; `docs/formats/backup.md` has it to the byte)
 //! `{"format": "vmledger-backup-manifest/v1", "body": {...}, "sig": "...", "chunks": [...]}`.
 //! The signed message is `vmledger/backup-manifest/v1\n` followed by the RFC 8785
 //! canonical `body`; `sig` is the standard base64 Ed25519 signature by `body.public_key`

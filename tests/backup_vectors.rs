@@ -11,7 +11,8 @@ use vmledger::backup::SignedManifest;
 use vmledger::keys::SigningKey;
 
 fn vector() -> Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-manifest.json");
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/backup-manifest.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -25,7 +26,10 @@ fn golden_backup_manifest() {
     let m = SignedManifest::read(&file).expect("the vector reads and verifies");
 
     let msg = m.body.message().unwrap();
-    assert_eq!(String::from_utf8(msg.clone()).unwrap(), v["message"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(msg.clone()).unwrap(),
+        v["message"].as_str().unwrap()
+    );
     assert_eq!(
         vmledger::ledger::entry::sha256_hex(&msg),
         v["message_sha256"].as_str().unwrap()
@@ -41,7 +45,8 @@ fn golden_backup_manifest() {
     // The image it describes verifies against it with the real binary.
     let img = sb.join("app-1.raw");
     let f = std::fs::File::create(&img).unwrap();
-    f.set_len(v["image"]["virtual_size"].as_u64().unwrap()).unwrap();
+    f.set_len(v["image"]["virtual_size"].as_u64().unwrap())
+        .unwrap();
     drop(f);
     let r = sb
         .cmd(["backup", "verify", "--json", "--format", "raw"])
@@ -56,13 +61,18 @@ fn golden_backup_manifest() {
     assert_eq!(r["licensing"]["meaning"], "unknown");
 }
 
+/// What a tamper test changes, and how.
+type Edit = (&'static str, fn(&mut Value));
+
 #[test]
 fn any_change_to_the_vector_is_refused() {
     let v = vector();
     let sb = Sandbox::new();
     let file = sb.join("m.json");
-    let edits: [(&str, fn(&mut Value)); 5] = [
-        ("path", |m| m["body"]["image"]["path"] = "/elsewhere.qcow2".into()),
+    let edits: [Edit; 5] = [
+        ("path", |m| {
+            m["body"]["image"]["path"] = "/elsewhere.qcow2".into()
+        }),
         ("seq", |m| m["body"]["host_ledger"]["seq"] = 8.into()),
         ("chunk", |m| {
             m["chunks"][1] = Value::from("00".repeat(32));
@@ -79,7 +89,14 @@ fn any_change_to_the_vector_is_refused() {
         std::fs::write(&file, serde_json::to_vec(&m).unwrap()).unwrap();
         assert!(SignedManifest::read(&file).is_err(), "{what} accepted");
         let r = sb
-            .cmd(["backup", "verify", "--format", "raw", "/dev/null", "--manifest"])
+            .cmd([
+                "backup",
+                "verify",
+                "--format",
+                "raw",
+                "/dev/null",
+                "--manifest",
+            ])
             .arg(&file)
             .expect(2);
         assert!(r.stderr.contains("m.json"), "{what}: {}", r.stderr);

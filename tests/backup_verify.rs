@@ -29,19 +29,34 @@ impl Host {
         std::fs::create_dir_all(sb.join("run")).unwrap();
         std::fs::write(
             sb.join("config.toml"),
-            format!("[hooks]\nlibvirt_run_dir = \"{}\"\n", sb.join("run").display()),
+            format!(
+                "[hooks]\nlibvirt_run_dir = \"{}\"\n",
+                sb.join("run").display()
+            ),
         )
         .unwrap();
         let img = sb.join("a.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "64M"]);
-        qemu_io(&img, "qcow2", &["write -P 0x11 0 3M", "write -P 0x33 20M 1M"]);
-        let xml = domain_xml("app-a", Some(UA), None, None, &[DiskSpec::qcow2("vda", &img)], None);
+        qemu_io(
+            &img,
+            "qcow2",
+            &["write -P 0x11 0 3M", "write -P 0x33 20M 1M"],
+        );
+        let xml = domain_xml(
+            "app-a",
+            Some(UA),
+            None,
+            None,
+            &[DiskSpec::qcow2("vda", &img)],
+            None,
+        );
         let h = Host { sb, xml, img };
         h.hook("prepare", "begin");
         qemu_io(&h.img, "qcow2", &["write -P 0x22 1M 64k"]);
         h.hook("stopped", "end");
         h.hook("release", "end");
-        h.cmd(&["hook", "settle", &UA.replace('-', ""), "--wait"]).ok();
+        h.cmd(&["hook", "settle", &UA.replace('-', ""), "--wait"])
+            .ok();
         h
     }
 
@@ -118,7 +133,11 @@ fn the_manifest_is_signed_with_the_domain_and_its_host_ledger_head() {
     assert_eq!(d["host_ledger"]["hash"], head["hash"]);
     assert_eq!(d["public_key"], status["host_key"]);
     // The image's content root is the one `fingerprint image` computes.
-    let fp = h.sb.cmd(["fingerprint", "image", "--json"]).arg(&h.img).ok().json();
+    let fp =
+        h.sb.cmd(["fingerprint", "image", "--json"])
+            .arg(&h.img)
+            .ok()
+            .json();
     assert_eq!(d["image"]["content_root"], fp["content_root"]);
     // A manifest of an image no domain uses names none, or the one given.
     let other = h.sb.join("other.raw");
@@ -164,13 +183,25 @@ fn a_modified_copy_is_reported_with_the_exact_byte_ranges() {
     assert!((4 * MIB..8 * MIB).contains(&first), "{first}");
 
     // A write across a chunk boundary, and one far away: adjacent chunks merge.
-    qemu_io(&copy, "qcow2", &["write -P 0x66 8388000 1000", "write -P 0x77 40M 512"]);
+    qemu_io(
+        &copy,
+        "qcow2",
+        &["write -P 0x66 8388000 1000", "write -P 0x77 40M 512"],
+    );
     let v = h.verify(&copy, &m, 1);
     assert_eq!(ranges(&v), [(4 * MIB, 8 * MIB), (40 * MIB, 4 * MIB)]);
     assert_eq!(v["differing_bytes"], 12 * MIB);
     let t = h.verify_text(&copy, &m, 1);
-    assert!(t.stdout.contains("offset 4194304 length 8388608"), "{}", t.stdout);
-    assert!(t.stdout.contains("offset 41943040 length 4194304"), "{}", t.stdout);
+    assert!(
+        t.stdout.contains("offset 4194304 length 8388608"),
+        "{}",
+        t.stdout
+    );
+    assert!(
+        t.stdout.contains("offset 41943040 length 4194304"),
+        "{}",
+        t.stdout
+    );
 
     // A resized copy differs from the old end on.
     let grown = h.sb.join("grown.qcow2");
@@ -226,7 +257,11 @@ fn the_licensing_impact_follows_the_host_ledger_and_never_changes_the_exit_statu
         "{l}"
     );
     let t = h.verify_text(&backup, &m, 1);
-    assert!(t.stdout.contains("a restore, which is allowed"), "{}", t.stdout);
+    assert!(
+        t.stdout.contains("a restore, which is allowed"),
+        "{}",
+        t.stdout
+    );
 }
 
 #[test]
@@ -239,7 +274,10 @@ fn bad_manifests_are_errors_naming_the_file() {
         ("garbage", b"{not json".to_vec()),
         ("image manifest", {
             let p = h.sb.join("plain.json");
-            h.sb.cmd(["fingerprint", "image", "--manifest"]).arg(&p).arg(&h.img).ok();
+            h.sb.cmd(["fingerprint", "image", "--manifest"])
+                .arg(&p)
+                .arg(&h.img)
+                .ok();
             std::fs::read(&p).unwrap()
         }),
         ("edited", {
@@ -279,7 +317,13 @@ fn the_guest_ledger_is_optional_information() {
     let m = h.sb.join("a.manifest.json");
     h.manifest(&h.img, &m);
     let r = h
-        .cmd(&["--json", "backup", "verify", "--guest-ledger", "/var/lib/vmledger/ledger.sqlite"])
+        .cmd(&[
+            "--json",
+            "backup",
+            "verify",
+            "--guest-ledger",
+            "/var/lib/vmledger/ledger.sqlite",
+        ])
         .arg(&h.img)
         .arg("--manifest")
         .arg(&m)

@@ -163,7 +163,10 @@ fn a_ran_and_runs_again(h: &Host) -> (String, String, PathBuf) {
     h.prepare(&a).ok();
     qemu_io(&a_img, "qcow2", &["write -P 0x22 1M 64k"]); // the appliance writes
     h.stop(&a);
-    assert_eq!(h.settle(UA)["outcome"].as_str().is_some(), true);
+    // Settled by this call, or already by the stop's detached settle: either way recorded.
+    h.settle(UA);
+    let rest = latest(&h.entries("app-a"), "disk_at_rest").clone();
+    assert_eq!(rest["disks"][0]["changed"], true, "{rest}");
     let b_img = h.sb.join("b.qcow2");
     std::fs::copy(&a_img, &b_img).unwrap();
     h.prepare(&a).ok();
@@ -253,9 +256,14 @@ fn a_start_records_host_boot_with_identity_hardware_and_disks() {
     assert!(h.log().contains("hashing disk vda"), "{}", h.log());
     assert!(h.log().contains("100%"), "{}", h.log());
     // Status shows it running.
-    let s = h
-        .sb
-        .cmd(["--config", h.config.to_str().unwrap(), "--json", "hook", "status"])
+    let s =
+        h.sb.cmd([
+            "--config",
+            h.config.to_str().unwrap(),
+            "--json",
+            "hook",
+            "status",
+        ])
         .ok()
         .json();
     schemas::assert_valid("hook-status.schema.json", &s);
@@ -272,7 +280,13 @@ fn a_copy_of_a_running_appliance_is_refused_and_after_it_stops_starts_as_a_resto
     let e = h.entries("app-a");
     assert_eq!(
         kinds(&e),
-        ["genesis", "host_boot", "host_stop", "disk_at_rest", "host_boot"]
+        [
+            "genesis",
+            "host_boot",
+            "host_stop",
+            "disk_at_rest",
+            "host_boot"
+        ]
     );
     let at_rest = latest(&e, "disk_at_rest");
     assert_eq!(at_rest["disks"][0]["changed"], true);
@@ -290,7 +304,11 @@ fn a_copy_of_a_running_appliance_is_refused_and_after_it_stops_starts_as_a_resto
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("refusing to start app-b"), "{}", r.stderr);
     assert!(r.stderr.contains("app-a") && r.stderr.contains("is running now"));
-    assert!(r.stderr.contains("vmledger hook allow app-b"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("vmledger hook allow app-b"),
+        "{}",
+        r.stderr
+    );
     // libvirt then runs the stop hooks for the refused start: nothing is recorded.
     h.stop(&b);
     let eb = h.entries("app-b");
@@ -300,7 +318,10 @@ fn a_copy_of_a_running_appliance_is_refused_and_after_it_stops_starts_as_a_resto
     let f = &refused["guard"]["findings"][0];
     assert_eq!(f["kind"], "duplicate_of_running");
     assert_eq!(f["other"]["uuid"], UA);
-    assert_eq!(f["state"]["content_root"], at_rest["disks"][0]["content_root"]);
+    assert_eq!(
+        f["state"]["content_root"],
+        at_rest["disks"][0]["content_root"]
+    );
 
     // app-a stops: the copy may start, as a restore, with a warning.
     h.stop(&a);
@@ -391,13 +412,12 @@ fn an_admin_override_lets_one_start_through_and_is_used_up() {
     let h = Host::new();
     let (_a, b, _) = a_ran_and_runs_again(&h);
     h.prepare(&b).expect(1);
-    let t = h
-        .sb
-        .cmd(["--config", h.config.to_str().unwrap(), "--json"])
-        .args(["hook", "allow", "app-b", "--reason", "DR test"])
-        .env("USER", "alice")
-        .ok()
-        .json();
+    let t =
+        h.sb.cmd(["--config", h.config.to_str().unwrap(), "--json"])
+            .args(["hook", "allow", "app-b", "--reason", "DR test"])
+            .env("USER", "alice")
+            .ok()
+            .json();
     schemas::assert_valid("hook-allow.schema.json", &t);
     assert_eq!(t["by"], "alice");
     assert_eq!(t["instance"], UB.replace('-', ""));
@@ -436,7 +456,9 @@ fn policy_warn_lets_the_start_through_with_a_warning() {
     }
     let h = Host::new();
     let x = xml("app-a", UA, &h.image("a.qcow2"));
-    let r = h.hook(&x, "prepare", "begin", &["--policy", "sometimes"]).expect(2);
+    let r = h
+        .hook(&x, "prepare", "begin", &["--policy", "sometimes"])
+        .expect(2);
     assert!(r.stderr.contains("sometimes"), "{}", r.stderr);
 }
 
@@ -496,7 +518,14 @@ fn a_new_start_of_a_domain_still_marked_running_records_the_lost_stop() {
     qemu.wait().unwrap();
     assert_eq!(
         kinds(&h.entries("app-a")),
-        ["genesis", "host_boot", "host_started", "host_stop", "disk_at_rest", "host_boot"]
+        [
+            "genesis",
+            "host_boot",
+            "host_started",
+            "host_stop",
+            "disk_at_rest",
+            "host_boot"
+        ]
     );
 }
 
@@ -505,7 +534,10 @@ fn migrate_and_reconnect_never_refuse_and_print_nothing() {
     let h = Host::new();
     let (_a, b, _) = a_ran_and_runs_again(&h);
     let r = h.hook(&b, "migrate", "begin", &[]).ok();
-    assert_eq!(r.stdout, "", "libvirt reads a migrate hook's stdout as replacement XML");
+    assert_eq!(
+        r.stdout, "",
+        "libvirt reads a migrate hook's stdout as replacement XML"
+    );
     // The prepare and start of an incoming migration are part of it: not checked again.
     h.prepare(&b).ok();
     h.hook(&b, "start", "begin", &[]).ok();
@@ -517,12 +549,11 @@ fn migrate_and_reconnect_never_refuse_and_print_nothing() {
     assert_eq!(e[1]["body"]["data"]["phase"], "migrate");
     assert_eq!(latest(&e, "host_running")["phase"], "reconnect");
     // Even broken input never fails these operations.
-    let r = h
-        .sb
-        .cmd(["--config", h.config.to_str().unwrap()])
-        .args(["hook", "libvirt", "app-b", "reconnect", "begin", "-"])
-        .stdin("<domain><oops")
-        .ok();
+    let r =
+        h.sb.cmd(["--config", h.config.to_str().unwrap()])
+            .args(["hook", "libvirt", "app-b", "reconnect", "begin", "-"])
+            .stdin("<domain><oops")
+            .ok();
     assert!(r.stderr.contains("not failing"), "{}", r.stderr);
 }
 
@@ -572,30 +603,46 @@ fn bad_input_is_an_error_naming_it_and_loses_nothing() {
             .expect(2)
     };
     let r = run("x", "<domain><name>x</name");
-    assert!(r.stderr.contains("could not check the start of x"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("could not check the start of x"),
+        "{}",
+        r.stderr
+    );
     let r = run("x", "<domain><name>x</name></domain>");
     assert!(r.stderr.contains("/domain/uuid"), "{}", r.stderr);
-    let r = run("x", "<!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain><name>x</name></domain>");
-    assert!(r.stderr.contains("libvirt domain XML") || r.stderr.contains("DTD"), "{}", r.stderr);
-    let big = format!("<domain><name>x</name><description>{}</description></domain>", "a".repeat(5 << 20));
+    let r = run(
+        "x",
+        "<!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain><name>x</name></domain>",
+    );
+    assert!(
+        r.stderr.contains("libvirt domain XML") || r.stderr.contains("DTD"),
+        "{}",
+        r.stderr
+    );
+    let big = format!(
+        "<domain><name>x</name><description>{}</description></domain>",
+        "a".repeat(5 << 20)
+    );
     let r = run("x", &big);
-    assert!(r.stderr.contains("larger") || r.stderr.contains("limit"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("larger") || r.stderr.contains("limit"),
+        "{}",
+        r.stderr
+    );
     // Operations vmledger does not know are not its business.
     h.hook(&x, "frobnicate", "begin", &[]).ok();
     // A damaged state file stops starts with a message naming it.
-    let marker = h
-        .sb
-        .state()
-        .join(format!("host/running/{}.json", UA.replace('-', "")));
+    let marker =
+        h.sb.state()
+            .join(format!("host/running/{}.json", UA.replace('-', "")));
     std::fs::write(&marker, "{not json").unwrap();
     let r = h.prepare(&xml("app-b", UB, &h.image("b.qcow2"))).expect(2);
     assert!(r.stderr.contains(marker.to_str().unwrap()), "{}", r.stderr);
     // Nothing recorded was lost: the ledger verifies, entries intact.
-    let l = vmledger::ledger::Ledger::open(
-        &h.sb
-            .state()
-            .join(format!("host/domains/{}/ledger.sqlite", UA.replace('-', ""))),
-    )
+    let l = vmledger::ledger::Ledger::open(&h.sb.state().join(format!(
+        "host/domains/{}/ledger.sqlite",
+        UA.replace('-', "")
+    )))
     .unwrap();
     let report = vmledger::ledger::verify::verify(&l, None).unwrap();
     assert!(report.ok(), "{report:?}");

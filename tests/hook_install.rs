@@ -12,7 +12,9 @@ use common::libvirt::{DiskSpec, domain_xml};
 use common::{Sandbox, bin, images::qemu_img, schemas};
 
 fn install(sb: &Sandbox, dir: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut c = sb.cmd(["--json", "hook", "install", "libvirt", "--dir"]).arg(dir);
+    let mut c = sb
+        .cmd(["--json", "hook", "install", "libvirt", "--dir"])
+        .arg(dir);
     for e in extra {
         c = c.arg(e);
     }
@@ -54,7 +56,10 @@ fn install_is_idempotent_and_says_to_restart_libvirtd() {
     let script = dir.join("vmledger");
     let text = std::fs::read_to_string(&script).unwrap();
     assert!(text.starts_with("#!/bin/sh\n"));
-    assert!(text.contains("VMLEDGER='/opt/vmledger/bin/vmledger'"), "{text}");
+    assert!(
+        text.contains("VMLEDGER='/opt/vmledger/bin/vmledger'"),
+        "{text}"
+    );
     assert!(text.contains("hook libvirt \"$@\""), "{text}");
     let mode = std::fs::metadata(&script).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755);
@@ -72,7 +77,14 @@ fn install_is_idempotent_and_says_to_restart_libvirtd() {
 
     // Text output says the same in words.
     let r = sb
-        .cmd(["hook", "install", "libvirt", "--bin", "/usr/bin/vmledger", "--dir"])
+        .cmd([
+            "hook",
+            "install",
+            "libvirt",
+            "--bin",
+            "/usr/bin/vmledger",
+            "--dir",
+        ])
         .arg(&dir)
         .ok();
     assert!(r.stdout.contains("already installed"), "{}", r.stdout);
@@ -90,12 +102,20 @@ fn a_foreign_file_is_never_overwritten_or_removed() {
         .arg(&dir)
         .expect(2);
     assert!(r.stderr.contains(theirs.to_str().unwrap()), "{}", r.stderr);
-    assert!(r.stderr.contains("not installed by vmledger"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not installed by vmledger"),
+        "{}",
+        r.stderr
+    );
     let r = sb
         .cmd(["hook", "uninstall", "libvirt", "--dir"])
         .arg(&dir)
         .expect(2);
-    assert!(r.stderr.contains("not installed by vmledger"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not installed by vmledger"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(&theirs).unwrap(),
         "#!/bin/sh\n# the admin's own hook\nexit 0\n"
@@ -104,14 +124,30 @@ fn a_foreign_file_is_never_overwritten_or_removed() {
     let d = install(&sb, &dir, &["--name", "50-vmledger"]);
     assert_eq!(d["outcome"], "installed");
     let d = sb
-        .cmd(["--json", "hook", "uninstall", "libvirt", "--name", "50-vmledger", "--dir"])
+        .cmd([
+            "--json",
+            "hook",
+            "uninstall",
+            "libvirt",
+            "--name",
+            "50-vmledger",
+            "--dir",
+        ])
         .arg(&dir)
         .ok()
         .json();
     schemas::assert_valid("hook-install.schema.json", &d);
     assert_eq!(d["outcome"], "removed");
     let d = sb
-        .cmd(["--json", "hook", "uninstall", "libvirt", "--name", "50-vmledger", "--dir"])
+        .cmd([
+            "--json",
+            "hook",
+            "uninstall",
+            "libvirt",
+            "--name",
+            "50-vmledger",
+            "--dir",
+        ])
         .arg(&dir)
         .ok()
         .json();
@@ -126,11 +162,23 @@ fn the_installed_script_runs_with_libvirts_minimal_environment() {
     let sb = Sandbox::new();
     let dir = sb.join("qemu.d");
     let config = sb.join("config.toml");
-    std::fs::write(&config, format!("[hooks]\nlibvirt_run_dir = \"{}\"\n", sb.join("run").display())).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[hooks]\nlibvirt_run_dir = \"{}\"\n",
+            sb.join("run").display()
+        ),
+    )
+    .unwrap();
     install(
         &sb,
         &dir,
-        &["--bin", bin().to_str().unwrap(), "--config", config.to_str().unwrap()],
+        &[
+            "--bin",
+            bin().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     let script = dir.join("vmledger");
     let img = sb.join("a.qcow2");
@@ -146,7 +194,11 @@ fn the_installed_script_runs_with_libvirts_minimal_environment() {
     let (code, out, err) = run_script(&script, &["app-a", "prepare", "begin", "-"], &a);
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     // The baked state dir got the host ledger, though the environment named none.
-    assert!(sb.state().join("host/domains/aaaaaaaa00004000800000000000000a/ledger.sqlite").exists());
+    assert!(
+        sb.state()
+            .join("host/domains/aaaaaaaa00004000800000000000000a/ledger.sqlite")
+            .exists()
+    );
     // A refusal reaches libvirt as a non-zero exit with the line on stderr.
     let c = domain_xml(
         "app-c",
@@ -173,7 +225,15 @@ fn the_repository_script_is_what_install_writes_for_usr_local_bin() {
     let sb = Sandbox::new();
     let dir = sb.join("qemu.d");
     let d = Command::new(bin())
-        .args(["--json", "hook", "install", "libvirt", "--bin", "/usr/local/bin/vmledger", "--dir"])
+        .args([
+            "--json",
+            "hook",
+            "install",
+            "libvirt",
+            "--bin",
+            "/usr/local/bin/vmledger",
+            "--dir",
+        ])
         .arg(&dir)
         .env_remove("VMLEDGER_STATE_DIR")
         .env_remove("VMLEDGER_CONFIG")

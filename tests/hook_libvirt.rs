@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::libvirt::{
-    DiskSpec, GUEST_WROTE, Stack, as_root_or_skip, domain_xml, guest_image, host_entries, kinds, latest, virsh,
-    wait_for, xml_text,
+    DiskSpec, GUEST_WROTE, Stack, as_root_or_skip, domain_xml, guest_image, host_entries, kinds,
+    latest, virsh, wait_for, xml_text,
 };
 use common::{Sandbox, images::qemu_img};
 
@@ -89,7 +89,9 @@ fn a_copy_is_refused_while_the_original_runs_and_starts_as_a_restore_after() {
     assert_eq!(boot["genid"], genid.as_str());
     assert_eq!(boot["phase"], "prepare");
     assert_eq!(boot["disks"][0]["root_via"], "hashed");
-    let pid = latest(&e, "host_started")["pid"].as_u64().expect("QEMU pid");
+    let pid = latest(&e, "host_started")["pid"]
+        .as_u64()
+        .expect("QEMU pid");
     assert!(
         std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .unwrap()
@@ -136,7 +138,10 @@ fn a_copy_is_refused_while_the_original_runs_and_starts_as_a_restore_after() {
     assert!(!o.status.success(), "the copy started");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("refusing to start vmlt-b"), "{err}");
-    assert!(err.contains("vmlt-a") && err.contains("is running now"), "{err}");
+    assert!(
+        err.contains("vmlt-a") && err.contains("is running now"),
+        "{err}"
+    );
     assert_eq!(stack.state(&b), "shut off");
     let eb = host_entries(&sb, &b);
     assert_eq!(kinds(&eb), ["genesis", "start_refused"]);
@@ -211,7 +216,10 @@ fn two_domains_deployed_from_one_pristine_template_both_start() {
         assert_eq!(stack.state(name), "running");
         let boot = latest(&host_entries(&sb, name), "host_boot").clone();
         assert_eq!(boot["guard"]["decision"], "allowed", "{name}: {boot}");
-        assert_eq!(boot["disks"][0]["backing"][0]["path"], template.to_str().unwrap());
+        assert_eq!(
+            boot["disks"][0]["backing"][0]["path"],
+            template.to_str().unwrap()
+        );
     }
     // A third appliance deployed as a full copy of the template (same content as the
     // overlays started from) also starts while the other two run: the template's content
@@ -237,7 +245,10 @@ fn two_domains_deployed_from_one_pristine_template_both_start() {
     let boot = latest(&host_entries(&sb, &c3), "host_boot").clone();
     assert_eq!(boot["guard"]["decision"], "allowed", "{boot}");
     let c1 = latest(&host_entries(&sb, "vmlt-c1"), "host_boot").clone();
-    assert_eq!(boot["disks"][0]["content_root"], c1["disks"][0]["content_root"]);
+    assert_eq!(
+        boot["disks"][0]["content_root"],
+        c1["disks"][0]["content_root"]
+    );
     for name in &names {
         assert_eq!(stack.state(name), "running");
     }

@@ -77,8 +77,14 @@ impl Pve {
     }
 
     fn hook(&self, vmid: &str, phase: &str) -> common::Cmd {
-        self.sb
-            .cmd(["--config", self.config.to_str().unwrap(), "hook", "proxmox", vmid, phase])
+        self.sb.cmd([
+            "--config",
+            self.config.to_str().unwrap(),
+            "hook",
+            "proxmox",
+            vmid,
+            phase,
+        ])
     }
 
     fn settle(&self, uuid: &str) {
@@ -118,7 +124,13 @@ fn pre_start_records_the_vm_and_post_stop_fingerprints_it_at_rest() {
     let e = host_entries(&p.sb, "100");
     assert_eq!(
         kinds(&e),
-        ["genesis", "host_boot", "host_started", "host_stop", "disk_at_rest"]
+        [
+            "genesis",
+            "host_boot",
+            "host_started",
+            "host_stop",
+            "disk_at_rest"
+        ]
     );
     assert_eq!(e[0]["body"]["data"]["hypervisor"], "proxmox");
     assert_eq!(e[0]["body"]["data"]["vmid"], "100");
@@ -154,7 +166,11 @@ fn a_copied_volume_is_refused_while_its_vm_runs() {
     p.hook("100", "pre-start").ok();
     let r = p.hook("101", "pre-start").expect(1);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("refusing to start edge-101"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refusing to start edge-101"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("edge-100"), "{}", r.stderr);
     p.hook("100", "post-stop").ok();
     let r = p.hook("101", "pre-start").ok();
@@ -204,19 +220,38 @@ fn bad_arguments_and_configs_are_errors_naming_them() {
     assert!(r.stderr.contains("10x"), "{}", r.stderr);
     let r = p.hook("102", "pre-start").expect(2);
     assert!(r.stderr.contains("102.conf"), "{}", r.stderr);
-    std::fs::write(p.sb.join("pve/qemu-server/103.conf"), "name: x\nnot a line\n").unwrap();
+    std::fs::write(
+        p.sb.join("pve/qemu-server/103.conf"),
+        "name: x\nnot a line\n",
+    )
+    .unwrap();
     let r = p.hook("103", "pre-start").expect(2);
-    assert!(r.stderr.contains("103.conf") && r.stderr.contains("line 2"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("103.conf") && r.stderr.contains("line 2"),
+        "{}",
+        r.stderr
+    );
     std::fs::write(p.sb.join("pve/storage.cfg"), "\tpath /x\n").unwrap();
     let r = p.hook("100", "pre-start").expect(2);
-    assert!(r.stderr.contains("storage.cfg") && r.stderr.contains("line 1"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("storage.cfg") && r.stderr.contains("line 1"),
+        "{}",
+        r.stderr
+    );
     // The config dir can also be given on the command line.
     let other = p.sb.join("elsewhere");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(p.sb.join("pve/storage.cfg"), "").unwrap();
-    std::fs::copy(p.sb.join("pve/qemu-server/100.conf"), other.join("100.conf")).unwrap();
+    std::fs::copy(
+        p.sb.join("pve/qemu-server/100.conf"),
+        other.join("100.conf"),
+    )
+    .unwrap();
     std::fs::remove_file(p.sb.join("pve/qemu-server/100.conf")).unwrap();
-    p.hook("100", "pre-start").arg("--conf-dir").arg(&other).ok();
+    p.hook("100", "pre-start")
+        .arg("--conf-dir")
+        .arg(&other)
+        .ok();
     // pre-stop has nothing to do, whatever the state.
     p.hook("999", "pre-stop").ok();
 }

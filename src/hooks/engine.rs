@@ -183,6 +183,9 @@ struct AtRestDisk {
     changed: Option<bool>,
 }
 
+/// A disk's target and the content root the run started from, when known.
+type StartRoot = (String, Option<String>);
+
 fn format_name(f: FormatChoice) -> Option<&'static str> {
     match f {
         FormatChoice::Auto => None,
@@ -1047,7 +1050,7 @@ impl<'a> Host<'a> {
         &self,
         ledger: &Ledger,
         stop: &Entry,
-    ) -> Result<(Option<Entry>, Vec<(String, Option<String>)>), HookError> {
+    ) -> Result<(Option<Entry>, Vec<StartRoot>), HookError> {
         let start_seq = stop.body.data.get("start_seq").and_then(Value::as_u64);
         let start = match start_seq {
             Some(s) if s < stop.body.seq => ledger.entry(s)?,
