@@ -94,6 +94,9 @@ pub struct FileConfig {
     /// `[server]`: the licensing service (`vmledger serve`, `service`, `admin`).
     #[serde(default)]
     pub server: crate::service::ServerSection,
+    /// `[hooks]`: the hypervisor hooks and the duplicate-start guard.
+    #[serde(default)]
+    pub hooks: crate::hooks::HooksSection,
 }
 
 /// `[watch]`: configuration paths `vmledger watch` guards while locked.
@@ -194,6 +197,8 @@ pub struct Config {
     pub fingerprint: Fingerprinting,
     /// The licensing service's settings, as written (defaults applied by the service).
     pub server: crate::service::ServerSection,
+    /// The hypervisor hooks' settings, with defaults applied.
+    pub hooks: crate::hooks::HookSettings,
 }
 
 /// License countdown settings with defaults applied.
@@ -303,6 +308,12 @@ impl Config {
         };
 
         let (hardware, fingerprint) = resolve_fingerprinting(&file, config_file.as_deref())?;
+        let hooks = crate::hooks::HookSettings::from_section(&file.hooks).map_err(|message| {
+            ConfigError::Parse {
+                path: config_file.clone().unwrap_or_default(),
+                message,
+            }
+        })?;
 
         Ok(Config {
             config_file,
@@ -314,6 +325,7 @@ impl Config {
             hardware,
             fingerprint,
             server: file.server,
+            hooks,
         })
     }
 }

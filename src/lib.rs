@@ -5,6 +5,7 @@
 //! never exit. See `ARCHITECTURE.md` for the code map and the invariants.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod canonical;
 pub mod checkin;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod exit;
 pub mod fingerprint;
 pub mod fsutil;
+pub mod hooks;
 pub mod identity;
 pub mod keys;
 pub mod ledger;

@@ -6,6 +6,7 @@
 //! prints or exits.
 
 mod admin;
+mod backup;
 mod bench;
 mod boot;
 mod checkin;
@@ -19,6 +20,7 @@ mod fingerprint_hardware;
 mod fingerprint_image;
 mod fingerprint_tree;
 mod gate;
+mod hook;
 mod init;
 mod ledger;
 mod output;
@@ -106,6 +108,12 @@ pub enum Command {
     Crosscheck(crosscheck::Args),
     /// Write a simulated fleet's signed exports and ground-truth labels (accuracy and scale runs)
     Simulate(simulate::Args),
+    /// Hypervisor hooks (libvirt, Proxmox VE): the duplicate-start guard and host ledgers
+    #[command(subcommand)]
+    Hook(hook::Command),
+    /// Signed backup manifests, and verifying a backup before a restore
+    #[command(subcommand)]
+    Backup(backup::Command),
 }
 
 /// What every command gets: the global options and the output mode.
@@ -148,6 +156,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Bench(c) => bench::run(&ctx, c),
         Command::Crosscheck(a) => crosscheck::run(&ctx, a),
         Command::Simulate(a) => simulate::run(&ctx, a),
+        Command::Hook(c) => hook::run(&ctx, c),
+        Command::Backup(c) => backup::run(&ctx, c),
     }
 }
 

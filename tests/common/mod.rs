@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod libvirt;
 pub mod schemas;
 pub mod service;
 
