@@ -11,7 +11,7 @@
 //! per-object buffering, which dominated the cost of checking ledger entries.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Largest integer that every JSON implementation represents exactly.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -64,34 +64,108 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            // Without serde_json's `preserve_order` feature the map iterates in code point
-            // order, which equals UTF-16 order unless a name has characters beyond the BMP.
-            // Sort whenever either assumption fails, so a feature enabled by some other
-            // crate can never change the bytes.
-            let in_order = members.windows(2).all(|w| w[0].0 < w[1].0);
-            if !in_order
-                || members
-                    .iter()
-                    .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
-            {
-                members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            }
-            out.push(b'{');
-            for (i, (k, item)) in members.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k)
-                    .map_err(|e| CanonError::Serialise(e.to_string()))?;
-                out.push(b':');
-                write_checked(item, out)?;
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, out)?,
     }
     Ok(())
+}
+
+/// Write the RFC 8785 text of an object whose values passed [`check`].
+fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), CanonError> {
+    let mut members: Vec<(&String, &Value)> = map.iter().collect();
+    // Without serde_json's `preserve_order` feature the map iterates in code point
+    // order, which equals UTF-16 order unless a name has characters beyond the BMP.
+    // Sort whenever either assumption fails, so a feature enabled by some other
+    // crate can never change the bytes.
+    let in_order = members.windows(2).all(|w| w[0].0 < w[1].0);
+    if !in_order
+        || members
+            .iter()
+            .any(|(k, _)| k.chars().any(|c| c > '\u{ffff}'))
+    {
+        members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+    }
+    out.push(b'{');
+    for (i, (k, item)) in members.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, k).map_err(|e| CanonError::Serialise(e.to_string()))?;
+        out.push(b':');
+        write_checked(item, out)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Writes the canonical text of one object member by member, for types whose member
+/// names are fixed (the ledger entry body): no intermediate `Value` is built. Callers give
+/// the members in RFC 8785 order (debug builds check it); values are checked as `to_vec`
+/// checks them.
+pub struct ObjectWriter<'o> {
+    out: &'o mut Vec<u8>,
+    last: Option<&'static str>,
+}
+
+impl<'o> ObjectWriter<'o> {
+    pub fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        ObjectWriter { out, last: None }
+    }
+
+    fn name(&mut self, name: &'static str) -> Result<(), CanonError> {
+        debug_assert!(
+            self.last
+                .is_none_or(|l| l.encode_utf16().cmp(name.encode_utf16()).is_lt()),
+            "members out of RFC 8785 order: {name} after {:?}",
+            self.last
+        );
+        if self.last.is_some() {
+            self.out.push(b',');
+        }
+        self.last = Some(name);
+        self.string(name)?;
+        self.out.push(b':');
+        Ok(())
+    }
+
+    fn string(&mut self, s: &str) -> Result<(), CanonError> {
+        serde_json::to_writer(&mut *self.out, s).map_err(|e| CanonError::Serialise(e.to_string()))
+    }
+
+    /// A string member.
+    pub fn str(&mut self, name: &'static str, value: &str) -> Result<(), CanonError> {
+        self.name(name)?;
+        self.string(value)
+    }
+
+    /// An integer member (refused beyond 2^53-1).
+    pub fn uint(&mut self, name: &'static str, value: u64) -> Result<(), CanonError> {
+        if value > MAX_SAFE_INTEGER {
+            return Err(CanonError::IntegerRange {
+                path: format!("$.{name}"),
+                value: value.to_string(),
+            });
+        }
+        self.name(name)?;
+        self.out.extend_from_slice(value.to_string().as_bytes());
+        Ok(())
+    }
+
+    /// An object member holding arbitrary JSON, checked first.
+    pub fn map(
+        &mut self,
+        name: &'static str,
+        value: &Map<String, Value>,
+    ) -> Result<(), CanonError> {
+        check_members(value, name)?;
+        self.name(name)?;
+        write_object(value, self.out)
+    }
+
+    /// Close the object.
+    pub fn finish(self) {
+        self.out.push(b'}');
+    }
 }
 
 /// RFC 8785 canonical text of `value`, after checking it obeys the value rules.
@@ -108,6 +182,15 @@ pub fn check(value: &Value, path: &str) -> Result<(), CanonError> {
         return Ok(());
     }
     check_paths(value, path)
+}
+
+/// [`check`] every member of an object; `path` names the object.
+pub fn check_members(map: &Map<String, Value>, path: &str) -> Result<(), CanonError> {
+    if map.values().all(is_clean) {
+        return Ok(());
+    }
+    map.iter()
+        .try_for_each(|(k, v)| check_paths(v, &format!("{path}.{k}")))
 }
 
 fn is_clean(value: &Value) -> bool {
