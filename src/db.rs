@@ -60,7 +60,26 @@ pub fn open(path: &Path, migrations: &[Migration], create: bool) -> Result<Conne
         source,
     })?;
     migrate(&mut conn, migrations, &p)?;
+    bound_wal(&conn, path);
     Ok(conn)
+}
+
+/// WAL size beyond which opening a database checkpoints and truncates it.
+const WAL_TRUNCATE_BYTES: u64 = 1 << 20;
+
+/// Short-lived processes that close without checkpointing (`NO_CKPT_ON_CLOSE`) were
+/// measured never to get the WAL restarted: it grew without bound and, once past the
+/// auto-checkpoint threshold, every commit copied it into the database again (550 page
+/// writes per `boot`). So a process that opens a database with a large WAL checkpoints it
+/// fully and truncates it, once per megabyte of writes. Failing (another process is
+/// reading) costs nothing: the next open tries again.
+fn bound_wal(conn: &Connection, path: &Path) {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
+    if big {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
 }
 
 /// An in-memory database with the given schema, for unit tests.
@@ -128,4 +147,38 @@ fn migrate(conn: &mut Connection, migrations: &[Migration], path: &str) -> Resul
 pub fn migration_digest(m: &Migration) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(m.sql.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &[Migration] = &[Migration {
+        version: 1,
+        sql: "CREATE TABLE t (b BLOB NOT NULL) STRICT;",
+    }];
+
+    /// A database left with a large WAL by a process that did not checkpoint is
+    /// checkpointed and truncated by the next open: the WAL cannot grow without bound.
+    #[test]
+    fn opening_bounds_a_large_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sqlite");
+        let wal = dir.path().join("x.sqlite-wal");
+        {
+            let conn = open(&path, SCHEMA, true).unwrap();
+            for _ in 0..200 {
+                conn.execute("INSERT INTO t (b) VALUES (zeroblob(8192))", [])
+                    .unwrap();
+            }
+        }
+        let before = std::fs::metadata(&wal).unwrap().len();
+        assert!(before > WAL_TRUNCATE_BYTES, "WAL only {before} bytes");
+        let conn = open(&path, SCHEMA, false).unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 200, "nothing written is lost");
+    }
 }
