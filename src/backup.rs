@@ -13,17 +13,15 @@
 //! This module reads images and host ledgers and writes only the manifest file asked for.
 //! It never prints; running `virt-cat` for `--guest-ledger` is the only process it starts.
 
-use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::canonical;
+use crate::fingerprint::image::manifest::{Digests, HexList};
 use crate::fingerprint::image::{
     self, CHUNK_SIZE, Digest, ImageFingerprint, ImageFormat, MAX_VIRTUAL_SIZE, Manifest,
     chunk_count, root_of,
@@ -139,65 +137,6 @@ pub struct SignedManifest {
     pub body: Body,
     pub sig: String,
     pub chunks: Vec<Digest>,
-}
-
-struct HexList<'a>(&'a [Digest]);
-
-impl Serialize for HexList<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for d in self.0 {
-            seq.serialize_element(&image::hex(d))?;
-        }
-        seq.end()
-    }
-}
-
-struct HexDigest(Digest);
-
-impl<'de> Deserialize<'de> for HexDigest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HexDigest;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a SHA-256 digest as 64 lowercase hex digits")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<HexDigest, E> {
-                image::parse_hex(s)
-                    .map(HexDigest)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-struct Digests(Vec<Digest>);
-
-impl<'de> Deserialize<'de> for Digests {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Digests;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an array of 64-hex-digit chunk digests")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Digests, A::Error> {
-                let mut v = Vec::new();
-                while let Some(HexDigest(d)) = seq.next_element()? {
-                    if v.len() as u64 >= chunk_count(MAX_VIRTUAL_SIZE) {
-                        return Err(de::Error::custom(
-                            "more chunk digests than a 16 TiB image has",
-                        ));
-                    }
-                    v.push(d);
-                }
-                Ok(Digests(v))
-            }
-        }
-        d.deserialize_seq(V)
-    }
 }
 
 #[derive(Serialize)]

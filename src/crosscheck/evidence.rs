@@ -11,8 +11,12 @@ use serde_json::{Value, json};
 use crate::ledger::entry::Entry;
 use crate::rules::{SerialState, SerialVerdict, Verdict};
 use crate::service::checkin::{instance_verdict_id, serial_verdict_id};
-use crate::service::evidence::EVIDENCE_FORMAT;
-use crate::time;
+use crate::service::evidence::{
+    InstanceEvidence, SerialEvidence, instance_document, serial_document,
+};
+
+/// `source` of the documents the cross-check writes.
+const SOURCE: &str = "crosscheck";
 
 /// Serial name used in evidence for instances exported without one.
 pub const NO_SERIAL: &str = "-";
@@ -37,26 +41,17 @@ pub fn instance_doc(
     witness: Option<Value>,
     branches: Vec<Value>,
 ) -> Value {
-    json!({
-        "format": EVIDENCE_FORMAT,
-        "source": "crosscheck",
-        "verdict": instance_verdict_id(instance, v.number),
-        "scope": "instance",
-        "serial": serial.unwrap_or(NO_SERIAL),
-        "instance": instance,
-        "public_key": public_key,
-        "kind": v.kind.as_str(),
-        "rule": v.rule.code(),
-        "decided_at": time::format_at(v.observed),
-        "review": v.review,
-        "explanation": v.explanation,
-        "primary_branch": v.primary,
-        "disabled_branches": v.disabled,
-        "superseded_branches": v.superseded,
-        "fork": fork.unwrap_or(Value::Null),
-        "trigger": trigger,
-        "witness": witness.unwrap_or(Value::Null),
-        "branches": branches,
+    instance_document(InstanceEvidence {
+        source: Some(SOURCE),
+        id: &instance_verdict_id(instance, v.number),
+        serial: serial.unwrap_or(NO_SERIAL),
+        instance,
+        public_key,
+        verdict: v,
+        fork: fork.unwrap_or(Value::Null),
+        trigger,
+        witness: witness.unwrap_or(Value::Null),
+        branches,
     })
 }
 
@@ -69,32 +64,14 @@ pub fn serial_doc(
     witness: Option<Value>,
     witness_key: Option<&str>,
 ) -> Value {
-    let members: Vec<Value> = state
-        .members
-        .iter()
-        .map(|m| {
-            json!({"instance": m.instance, "activated": time::format_at(m.activated),
-                   "state": m.state.name(), "first": m.first, "last": m.last})
-        })
-        .collect();
-    json!({
-        "format": EVIDENCE_FORMAT,
-        "source": "crosscheck",
-        "verdict": serial_verdict_id(&state.serial, v.number),
-        "scope": "serial",
-        "serial": state.serial,
-        "instance": v.trigger_instance,
-        "public_key": trigger_key,
-        "kind": v.kind.as_str(),
-        "rule": v.rule.code(),
-        "decided_at": time::format_at(v.observed),
-        "review": false,
-        "explanation": v.explanation,
-        "disabled_instances": v.disabled,
-        "trigger": trigger,
-        "witness_instance": v.witness_instance,
-        "witness_public_key": witness_key,
-        "witness": witness.unwrap_or(Value::Null),
-        "members": members,
+    serial_document(SerialEvidence {
+        source: Some(SOURCE),
+        id: &serial_verdict_id(&state.serial, v.number),
+        state,
+        verdict: v,
+        trigger,
+        trigger_key: json!(trigger_key),
+        witness: witness.unwrap_or(Value::Null),
+        witness_key: json!(witness_key),
     })
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::store::{InstanceRecord, SerialRecord, StoreError, StoredEntry, Tx, VerdictRecord};
 use crate::keys;
 use crate::ledger::entry::{Body, Entry};
-use crate::rules::{EntryRef, SerialVerdict, Verdict};
+use crate::rules::{EntryRef, SerialState, SerialVerdict, Verdict};
 use crate::time;
 
 /// The `format` of evidence documents.
@@ -20,6 +20,104 @@ pub const EVIDENCE_FORMAT: &str = "vmledger-evidence/v1";
 
 /// Entries per branch timeline kept in evidence (the newest ones).
 pub const TIMELINE_LIMIT: u32 = 500;
+
+/// What an instance-level evidence document holds, gathered by its producer (the
+/// service from its store, the cross-check from exported ledgers); [`instance_document`]
+/// lays it out, so both produce one format.
+pub struct InstanceEvidence<'a> {
+    /// `Some("crosscheck")` for documents the cross-check writes; the service writes none.
+    pub source: Option<&'static str>,
+    pub id: &'a str,
+    pub serial: &'a str,
+    pub instance: &'a str,
+    pub public_key: &'a str,
+    pub verdict: &'a Verdict,
+    pub fork: Value,
+    pub trigger: Value,
+    pub witness: Value,
+    pub branches: Vec<Value>,
+}
+
+/// The `vmledger-evidence/v1` document of an instance-level verdict.
+pub fn instance_document(p: InstanceEvidence<'_>) -> Value {
+    let v = p.verdict;
+    let mut doc = json!({
+        "format": EVIDENCE_FORMAT,
+        "verdict": p.id,
+        "scope": "instance",
+        "serial": p.serial,
+        "instance": p.instance,
+        "public_key": p.public_key,
+        "kind": v.kind.as_str(),
+        "rule": v.rule.code(),
+        "decided_at": time::format_at(v.observed),
+        "review": v.review,
+        "explanation": v.explanation,
+        "primary_branch": v.primary,
+        "disabled_branches": v.disabled,
+        "superseded_branches": v.superseded,
+        "fork": p.fork,
+        "trigger": p.trigger,
+        "witness": p.witness,
+        "branches": p.branches,
+    });
+    if let Some(source) = p.source {
+        doc["source"] = json!(source);
+    }
+    doc
+}
+
+/// What a serial-level evidence document holds; [`serial_document`] lays it out.
+pub struct SerialEvidence<'a> {
+    /// As in [`InstanceEvidence::source`].
+    pub source: Option<&'static str>,
+    pub id: &'a str,
+    pub state: &'a SerialState,
+    pub verdict: &'a SerialVerdict,
+    pub trigger: Value,
+    /// The trigger instance's public key (`null` when unknown).
+    pub trigger_key: Value,
+    pub witness: Value,
+    /// The witness instance's public key (`null` when unknown).
+    pub witness_key: Value,
+}
+
+/// The `vmledger-evidence/v1` document of a serial-level verdict.
+pub fn serial_document(p: SerialEvidence<'_>) -> Value {
+    let v = p.verdict;
+    let members: Vec<Value> = p
+        .state
+        .members
+        .iter()
+        .map(|m| {
+            json!({"instance": m.instance, "activated": time::format_at(m.activated),
+                   "state": m.state.name(), "first": m.first, "last": m.last})
+        })
+        .collect();
+    let mut doc = json!({
+        "format": EVIDENCE_FORMAT,
+        "verdict": p.id,
+        "scope": "serial",
+        "serial": p.state.serial,
+        "instance": v.trigger_instance,
+        "public_key": p.trigger_key,
+        "kind": v.kind.as_str(),
+        "rule": v.rule.code(),
+        "decided_at": time::format_at(v.observed),
+        "review": false,
+        "explanation": v.explanation,
+        "disabled_instances": v.disabled,
+        "trigger": p.trigger,
+        "witness_instance": v.witness_instance,
+        "witness_public_key": p.witness_key,
+        "witness": p.witness,
+        "members": members,
+    });
+    if let Some(source) = p.source {
+        doc["source"] = json!(source);
+    }
+    doc
+}
 
 /// A stored entry as a signed entry (`{"body", "hash", "sig"}`) with its arrival time.
 fn signed(e: &StoredEntry) -> Value {
@@ -81,25 +179,17 @@ pub fn for_instance(
             "truncated": truncated,
         }));
     }
-    let doc = json!({
-        "format": EVIDENCE_FORMAT,
-        "verdict": id,
-        "scope": "instance",
-        "serial": serial,
-        "instance": inst.instance,
-        "public_key": inst.public_key,
-        "kind": v.kind.as_str(),
-        "rule": v.rule.code(),
-        "decided_at": time::format_at(v.observed),
-        "review": v.review,
-        "explanation": v.explanation,
-        "primary_branch": v.primary,
-        "disabled_branches": v.disabled,
-        "superseded_branches": v.superseded,
-        "fork": fork,
-        "trigger": trigger,
-        "witness": witness,
-        "branches": branches,
+    let doc = instance_document(InstanceEvidence {
+        source: None,
+        id,
+        serial,
+        instance: &inst.instance,
+        public_key: &inst.public_key,
+        verdict: v,
+        fork,
+        trigger,
+        witness,
+        branches,
     });
     Ok(VerdictRecord {
         id: id.to_string(),
@@ -130,33 +220,15 @@ pub fn for_serial(
         Some(w) => signed_ref(tx, &v.witness_instance, w)?,
         None => Value::Null,
     };
-    let members: Vec<Value> = serial
-        .state
-        .members
-        .iter()
-        .map(|m| {
-            json!({"instance": m.instance, "activated": time::format_at(m.activated),
-                   "state": m.state.name(), "first": m.first, "last": m.last})
-        })
-        .collect();
-    let doc = json!({
-        "format": EVIDENCE_FORMAT,
-        "verdict": id,
-        "scope": "serial",
-        "serial": serial.serial,
-        "instance": v.trigger_instance,
-        "public_key": key_of(tx, &v.trigger_instance)?,
-        "kind": v.kind.as_str(),
-        "rule": v.rule.code(),
-        "decided_at": time::format_at(v.observed),
-        "review": false,
-        "explanation": v.explanation,
-        "disabled_instances": v.disabled,
-        "trigger": trigger,
-        "witness_instance": v.witness_instance,
-        "witness_public_key": key_of(tx, &v.witness_instance)?,
-        "witness": witness,
-        "members": members,
+    let doc = serial_document(SerialEvidence {
+        source: None,
+        id,
+        state: &serial.state,
+        verdict: v,
+        trigger,
+        trigger_key: key_of(tx, &v.trigger_instance)?,
+        witness,
+        witness_key: key_of(tx, &v.witness_instance)?,
     });
     Ok(VerdictRecord {
         id: id.to_string(),

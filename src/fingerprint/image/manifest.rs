@@ -130,7 +130,9 @@ impl Manifest {
     }
 }
 
-struct HexList<'a>(&'a [Digest]);
+/// Digests written as an array of lowercase hex strings (shared with signed backup
+/// manifests).
+pub(crate) struct HexList<'a>(pub(crate) &'a [Digest]);
 
 impl Serialize for HexList<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -159,7 +161,8 @@ impl Serialize for Manifest {
     }
 }
 
-struct HexDigest(Digest);
+/// One digest read from 64 lowercase hex digits.
+pub(crate) struct HexDigest(pub(crate) Digest);
 
 impl<'de> Deserialize<'de> for HexDigest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -179,7 +182,8 @@ impl<'de> Deserialize<'de> for HexDigest {
     }
 }
 
-struct Digests(Vec<Digest>);
+/// Chunk digests read from hex strings, at most as many as a 16 TiB image has.
+pub(crate) struct Digests(pub(crate) Vec<Digest>);
 
 impl<'de> Deserialize<'de> for Digests {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
