@@ -22,11 +22,25 @@ pub fn qemu_img(args: &[&str]) -> String {
 /// Run `qemu-img ARGS` in directory `dir` (relative names in options resolve there).
 pub fn qemu_img_in(dir: &Path, args: &[&str]) -> String {
     super::require("qemu-img");
-    let out = Command::new("qemu-img")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run qemu-img");
+    let run = || {
+        Command::new("qemu-img")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run qemu-img")
+    };
+    let mut out = run();
+    // Creating a LUKS image times PBKDF2 with the thread's CPU clock; on a busy machine
+    // qemu-img sometimes reads no progress and gives up ("Unable to get accurate CPU
+    // usage"). That is qemu's benchmark, not the image: try again.
+    for _ in 0..5 {
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("Unable to get accurate CPU usage")
+        {
+            break;
+        }
+        out = run();
+    }
     assert!(
         out.status.success(),
         "qemu-img {args:?} failed: {}",
