@@ -71,14 +71,17 @@ const WAL_TRUNCATE_BYTES: u64 = 1 << 20;
 /// measured never to get the WAL restarted: it grew without bound and, once past the
 /// auto-checkpoint threshold, every commit copied it into the database again (550 page
 /// writes per `boot`). So a process that opens a database with a large WAL checkpoints it
-/// fully and truncates it, once per megabyte of writes. Failing (another process is
-/// reading) costs nothing: the next open tries again.
+/// fully and truncates it, once per megabyte of writes, without waiting: when another
+/// process is busy with the database it costs nothing and the next open tries again.
 fn bound_wal(conn: &Connection, path: &Path) {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let big = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES);
     if big {
+        // Never wait for another process here: a busy database is tried again next time.
+        let _ = conn.busy_timeout(Duration::ZERO);
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
     }
 }
 
