@@ -6,16 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::Sandbox;
 use serde_json::Value;
 
 /// Run `vmledger ARGS` in the sandbox with the clock faked to `at` (real appliance time).
 fn at(sb: &Sandbox, state: &str, when: &str, args: &[&str]) {
-    let out = Command::new("faketime")
-        .arg(when)
-        .arg(common::bin())
+    let out = common::service::faked_bin(when)
         .args(["--state-dir", sb.join(state).to_str().unwrap()])
         .args(args)
         .env("HOME", sb.path())

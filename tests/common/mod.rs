@@ -155,8 +155,12 @@ pub struct Run {
 impl Run {
     /// stdout parsed as one JSON document.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}), exit {}:\n{}\nstderr:\n{}",
+                self.code, self.stdout, self.stderr
+            )
+        })
     }
 }
 

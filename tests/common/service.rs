@@ -307,6 +307,20 @@ impl Drop for ServeProc {
     }
 }
 
+/// `vmledger` with its clock faked from `when` (`YYYY-MM-DD hh:mm:ss`, UTC) onwards, the
+/// monotonic clock left real (timers and network timeouts keep working). libfaketime is
+/// preloaded directly, not through the `faketime` wrapper: the wrapper names a semaphore
+/// after its pid and leaves it behind when it is killed, so a later wrapper given the
+/// same pid fails ("sem_open: File exists") before running anything (seen in CI).
+pub fn faked_bin(when: &str) -> Command {
+    let mut c = Command::new(super::bin());
+    c.env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", format!("@{when}"))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("TZ", "UTC");
+    c
+}
+
 /// Path of libfaketime (installed with the `faketime` package).
 pub fn libfaketime() -> PathBuf {
     super::require("faketime");
@@ -452,12 +466,7 @@ impl Copy {
     /// The command [`Copy::run`] runs (for long-running ones such as `watch`).
     pub fn command(&self, at: &(impl At + ?Sized), args: &[&str]) -> Command {
         let mut cmd = match at.spec() {
-            Some(spec) => {
-                super::require("faketime");
-                let mut c = Command::new("faketime");
-                c.arg(spec).arg(bin());
-                c
-            }
+            Some(spec) => faked_bin(&spec),
             None => Command::new(bin()),
         };
         cmd.arg("--state-dir")

@@ -14,7 +14,7 @@ use serde_json::Value;
 use vmledger::keys::SigningKey;
 use vmledger::protocol::{CheckinRequest, Receipt, ReceiptBody, Status, key_id};
 
-use super::{Cmd, Run, Sandbox, bin, require};
+use super::{Cmd, Run, Sandbox};
 
 /// The vendor's signing key and what it has acknowledged per instance.
 pub struct Vendor {
@@ -125,17 +125,15 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) {
     std::fs::write(path, serde_json::to_vec_pretty(value).unwrap()).unwrap();
 }
 
-/// `vmledger ARGS` run by the real `faketime` with the clock starting at `when`
+/// `vmledger ARGS` run under the real libfaketime with the clock starting at `when`
 /// (`YYYY-MM-DD hh:mm:ss`, UTC), in the sandbox's environment.
 pub fn faked<I, S>(sb: &Sandbox, when: &str, args: I) -> Cmd
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    require("faketime");
     let base = sb.cmd(args);
-    let mut cmd = Command::new("faketime");
-    cmd.arg(when).arg(bin());
+    let mut cmd = super::service::faked_bin(when);
     cmd.args(base.cmd.get_args());
     for (k, v) in base.cmd.get_envs() {
         match v {
@@ -144,9 +142,6 @@ where
         };
     }
     cmd.current_dir(sb.path());
-    cmd.env("TZ", "UTC");
-    // Keep the monotonic clock real so network timeouts still work.
-    cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     Cmd { cmd, stdin: None }
 }
 
