@@ -123,8 +123,8 @@ fn a_foreign_file_is_never_overwritten_or_removed() {
     // Under another name it installs beside it.
     let d = install(&sb, &dir, &["--name", "50-vmledger"]);
     assert_eq!(d["outcome"], "installed");
-    let d = sb
-        .cmd([
+    let uninstall = || {
+        sb.cmd([
             "--json",
             "hook",
             "uninstall",
@@ -135,22 +135,12 @@ fn a_foreign_file_is_never_overwritten_or_removed() {
         ])
         .arg(&dir)
         .ok()
-        .json();
+        .json()
+    };
+    let d = uninstall();
     schemas::assert_valid("hook-install.schema.json", &d);
     assert_eq!(d["outcome"], "removed");
-    let d = sb
-        .cmd([
-            "--json",
-            "hook",
-            "uninstall",
-            "libvirt",
-            "--name",
-            "50-vmledger",
-            "--dir",
-        ])
-        .arg(&dir)
-        .ok()
-        .json();
+    let d = uninstall();
     assert_eq!(d["outcome"], "absent");
     sb.cmd(["hook", "install", "libvirt", "--name", "../x", "--dir"])
         .arg(&dir)

@@ -729,19 +729,7 @@ impl Sim<'_> {
                 let s1 = t0 + self.r(3 * DAY, span / 4);
                 let snap = s1 - self.r(HOUR, 12 * HOUR);
                 self.push(snap, Ev::Snapshot(c0, c1));
-                let mut segs = vec![(c0, t0, s1)];
-                let mut t = s1;
-                let mut who = c1;
-                while t < end - 2 * DAY || segs.len() < 4 {
-                    let from = t + self.r(5 * MIN, 2 * HOUR);
-                    let until = (from + self.r(2 * DAY, 6 * DAY)).min(end);
-                    segs.push((who, from, until));
-                    who = if who == c0 { c1 } else { c0 };
-                    t = until;
-                    if t >= end {
-                        break;
-                    }
-                }
+                let segs = self.alternating(c0, c1, t0, s1, end);
                 self.segments(&segs, &[c0, c1], &[true, false]);
             }
             Scenario::ConcurrentInstall => {
@@ -756,19 +744,7 @@ impl Sim<'_> {
                 let b = self.install();
                 let c1 = self.new_copy(b);
                 let s1 = t0 + self.r(3 * DAY, span / 4);
-                let mut segs = vec![(c0, t0, s1)];
-                let mut t = s1;
-                let mut who = c1;
-                while t < end - 2 * DAY || segs.len() < 4 {
-                    let from = t + self.r(5 * MIN, 2 * HOUR);
-                    let until = (from + self.r(2 * DAY, 6 * DAY)).min(end);
-                    segs.push((who, from, until));
-                    who = if who == c0 { c1 } else { c0 };
-                    t = until;
-                    if t >= end {
-                        break;
-                    }
-                }
+                let segs = self.alternating(c0, c1, t0, s1, end);
                 self.segments(&segs, &[c0, c1], &[true, true]);
             }
         }
@@ -777,6 +753,32 @@ impl Sim<'_> {
 
     /// Alternating runs: each copy's first run starts with genesis (`genesis[i]`) or a
     /// boot; later runs with a boot. Exports once each copy stopped for good.
+    /// Owners switching: `c0` runs from `t0` to `s1`, then `c1` and `c0` take turns of
+    /// two to six days, minutes to hours apart, until `end` (at least four turns).
+    fn alternating(
+        &mut self,
+        c0: usize,
+        c1: usize,
+        t0: i64,
+        s1: i64,
+        end: i64,
+    ) -> Vec<(usize, i64, i64)> {
+        let mut segs = vec![(c0, t0, s1)];
+        let mut t = s1;
+        let mut who = c1;
+        while t < end - 2 * DAY || segs.len() < 4 {
+            let from = t + self.r(5 * MIN, 2 * HOUR);
+            let until = (from + self.r(2 * DAY, 6 * DAY)).min(end);
+            segs.push((who, from, until));
+            who = if who == c0 { c1 } else { c0 };
+            t = until;
+            if t >= end {
+                break;
+            }
+        }
+        segs
+    }
+
     fn segments(&mut self, segs: &[(usize, i64, i64)], copies: &[usize], genesis: &[bool]) {
         let mut first = vec![true; copies.len()];
         for &(c, from, until) in segs {
