@@ -14,6 +14,12 @@
 //! re-sends what it asks for within the same check-in (see `docs/formats/protocol.md`,
 //! "Conventions both sides follow").
 //!
+//! Service key trust: a receipt verifies under the pinned key or a key announced under it
+//! (in a receipt the pinned key signed); the request names these (`service_keys`) so the
+//! service signs with one of them. The first receipt an announced key signs re-pins the
+//! instance to it and drops the predecessor (`service_key_rotated`, see
+//! [`Service::resolve`] and `follow_rotation`).
+//!
 //! Owns the `receipts` and `pending_requests` tables (ledger migration 2). Never prints;
 //! never decides the license state (that is [`crate::license`]).
 
@@ -25,7 +31,7 @@ use rusqlite::OptionalExtension;
 use serde_json::{Map, Value, json};
 
 use crate::config::ServiceSection;
-use crate::identity::{IdentityError, Instance, ServiceSettings};
+use crate::identity::{AnnouncedServiceKey, IdentityError, Instance, ServiceSettings};
 use crate::keys::{self, PUBLIC_KEY_LEN, SigningKey};
 use crate::ledger::{Entry, Ledger, LedgerError};
 use crate::license::observe::{self, LicenseError, kind};
@@ -139,11 +145,17 @@ impl TrustedKey {
     }
 }
 
+/// Most announced keys `instance.json` keeps (the oldest are dropped).
+pub const MAX_ANNOUNCED_KEYS: usize = 4;
+/// Most superseded key ids `instance.json` keeps.
+pub const MAX_SUPERSEDED_KEYS: usize = 16;
+
 /// Where and how to check in, resolved from `instance.json` and the config's `[service]`.
 #[derive(Clone, Debug, Default)]
 pub struct Service {
     pub url: Option<String>,
-    /// The pinned key first, then keys announced under it.
+    /// The pinned key first, then keys announced under it (in receipts it signed). A
+    /// receipt signed by an announced key re-pins the instance to that key ([`accept`]).
     pub keys: Vec<TrustedKey>,
     pub activation_code: Option<String>,
 }
@@ -187,28 +199,54 @@ impl Service {
         if let Some(u) = &url {
             validate_url(u)?;
         }
-        let mut keys = Vec::new();
-        let pinned = match (
-            &config.public_key,
-            stored.and_then(|s| s.public_key.as_ref()),
-        ) {
-            (Some(k), _) => Some((k, "the config file's [service] public_key")),
-            (None, Some(k)) => Some((k, "instance.json")),
-            (None, None) => None,
-        };
-        if let Some((k, origin)) = pinned {
-            let key = keys::decode_public_key(k, "service public key").map_err(|source| {
+        // The pin: the config's `[service] public_key` (a manual pin, e.g. after a
+        // compromise) overrides instance.json's, unless this instance already rotated away
+        // from it through a rotation it announced itself.
+        let stored_pin = stored.and_then(|s| s.public_key.as_ref());
+        let superseded = stored.map(|s| s.superseded_keys.as_slice()).unwrap_or(&[]);
+        let decode = |k: &str, origin: &str| {
+            keys::decode_public_key(k, "service public key").map_err(|source| {
                 CheckinError::BadKey {
                     origin: origin.to_string(),
                     source,
                 }
-            })?;
-            keys.push(TrustedKey::new(key));
-            for a in stored.map(|s| s.announced_keys.as_slice()).unwrap_or(&[]) {
-                if let Ok(k) = keys::decode_public_key(&a.public_key, "announced key") {
-                    keys.push(TrustedKey::new(k));
-                }
+            })
+        };
+        let from_config = match &config.public_key {
+            Some(k) => {
+                let key = decode(k, "the config file's [service] public_key")?;
+                let followed = stored_pin.is_some() && superseded.contains(&protocol::key_id(&key));
+                (!followed).then_some(key)
             }
+            None => None,
+        };
+        let pinned = match (from_config, stored_pin) {
+            (Some(k), _) => Some(k),
+            (None, Some(k)) => Some(decode(k, "instance.json")?),
+            (None, None) => None,
+        };
+        let mut keys = Vec::new();
+        if let Some(key) = pinned {
+            let pin = TrustedKey::new(key);
+            let stored_pin_id = stored_pin
+                .and_then(|k| keys::decode_public_key(k, "service public key").ok())
+                .map(|k| protocol::key_id(&k));
+            let announced: Vec<TrustedKey> = stored
+                .map(|s| s.announced_keys.as_slice())
+                .unwrap_or(&[])
+                .iter()
+                .filter(|a| match &a.announced_by {
+                    Some(by) => *by == pin.key_id,
+                    None => stored_pin_id.as_deref() == Some(pin.key_id.as_str()),
+                })
+                .filter_map(|a| {
+                    let k = keys::decode_public_key(&a.public_key, "announced key").ok()?;
+                    (protocol::key_id(&k) == a.key_id && a.key_id != pin.key_id)
+                        .then(|| TrustedKey::new(k))
+                })
+                .collect();
+            keys.push(pin);
+            keys.extend(announced);
         }
         Ok(Service {
             url,
@@ -281,6 +319,9 @@ pub fn acknowledged(ledger: &Ledger) -> Result<Option<(u64, String)>, CheckinErr
 /// Sign a check-in request: the one place a `vmledger-checkin-request/v1` is built (the
 /// agent through [`prepare`], the load generator from its in-memory ledgers, and tests).
 /// `entries` must be one chain in seq order; a fresh random nonce is drawn here.
+/// `service_keys` names the service keys the sender trusts (`None`: the member is left
+/// out, as agents older than it did).
+#[allow(clippy::too_many_arguments)]
 pub fn sign_request(
     serial: &str,
     key: &SigningKey,
@@ -288,6 +329,7 @@ pub fn sign_request(
     entries: Vec<Entry>,
     activation_code: Option<String>,
     hardware: Option<Value>,
+    service_keys: Option<Vec<String>>,
     sent_at: DateTime<Utc>,
 ) -> Result<CheckinRequest, CheckinError> {
     let nonce = hex::encode(keys::random_bytes::<16>().map_err(IdentityError::from)?);
@@ -300,6 +342,7 @@ pub fn sign_request(
         activation_code,
         entries,
         hardware,
+        service_keys,
     };
     Ok(CheckinRequest::sign(body, key)?)
 }
@@ -341,6 +384,7 @@ fn prepare_with(
     };
     let first_seq = entries.first().map(|e| e.body.seq);
     let last_seq = entries.last().map(|e| e.body.seq);
+    let trusted: Vec<String> = service.keys.iter().map(|k| k.key_id.clone()).collect();
     let request = sign_request(
         &serial,
         &inst.key,
@@ -348,6 +392,7 @@ fn prepare_with(
         entries,
         activation_code,
         hardware,
+        (!trusted.is_empty()).then_some(trusted),
         now.now,
     )?;
     Ok(Prepared {
@@ -515,9 +560,24 @@ pub fn check_receipt(r: &Receipt, expect: &Expect<'_>, ledger: &Ledger) -> Resul
         ));
     }
     let Some(key) = expect.keys.iter().find(|k| k.key_id == b.key_id) else {
+        let trusted = match expect.keys {
+            [] => "none".to_string(),
+            [pin] => format!("{} (pinned)", pin.key_id),
+            [pin, more @ ..] => format!(
+                "{} (pinned), {} (announced)",
+                pin.key_id,
+                more.iter()
+                    .map(|k| k.key_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         return Err(rejected(
             failure::UNKNOWN_KEY,
-            format!("signed by service key {} which is not pinned", b.key_id),
+            format!(
+                "signed by service key {}, which this appliance does not trust (it trusts {trusted}); if the vendor retired the pinned key, pin its current key by hand: `vmledger init --service-key KEY` or [service] public_key in the config file",
+                b.key_id
+            ),
             h,
         ));
     };
@@ -556,6 +616,11 @@ pub fn check_receipt(r: &Receipt, expect: &Expect<'_>, ledger: &Ledger) -> Resul
             format!("answers nonce {}, the request's was {n}", b.nonce),
             h,
         ));
+    }
+    if let Some(a) = &b.announce_key {
+        // A signed announcement that does not add up is the service's error: refuse the
+        // receipt rather than silently trust (or ignore) the key.
+        a.key().map_err(|e| rejected(failure::MALFORMED, e.to_string(), h))?;
     }
     let server_time = time::parse_at(&b.server_time)
         .map_err(|e| rejected(failure::MALFORMED, format!("server_time: {e}"), h))?;
@@ -684,10 +749,12 @@ fn newest_server_time(ledger: &Ledger) -> Result<Option<DateTime<Utc>>, CheckinE
 }
 
 /// Record a verified receipt: store it, then a `checkin` entry citing it (or, when it says
-/// `unknown_serial`, a `checkin_failed`); adopt a service key it announces.
+/// `unknown_serial`, a `checkin_failed`); then follow the service's key rotation
+/// ([`follow_rotation`]).
 fn accept(
     inst: &mut Instance,
     ledger: &Ledger,
+    service: &Service,
     r: Receipt,
     via: Via,
     url: Option<&str>,
@@ -725,28 +792,96 @@ fn accept(
     d.insert("via".into(), json!(via.as_str()));
     let mut out = observe::append_trusted(inst, ledger, kind::CHECKIN, d, clock)?;
     let entry = out.pop().expect("append_trusted returns the entry");
-
-    if let Some(a) = &b.announce_key
-        && let Ok(k) = keys::decode_public_key(&a.public_key, "announced key")
-        && protocol::key_id(&k) == a.key_id
-    {
-        let settings = inst.settings.service.get_or_insert_with(Default::default);
-        if !settings.announced_keys.iter().any(|x| x.key_id == a.key_id)
-            && settings.public_key.as_deref() != Some(a.public_key.as_str())
-        {
-            settings.announced_keys.push(a.clone());
-            inst.save_settings()?;
-            let mut d = Map::new();
-            d.insert("key_id".into(), json!(a.key_id));
-            d.insert("public_key".into(), json!(a.public_key));
-            d.insert("receipt".into(), json!(hash));
-            observe::append_trusted(inst, ledger, kind::SERVICE_KEY_ANNOUNCED, d, clock)?;
-        }
-    }
+    follow_rotation(inst, ledger, service, &r, &hash, clock)?;
     Ok(Outcome::Accepted {
         receipt: Box::new(r),
         entry,
     })
+}
+
+/// Follow the service's key rotation after accepting receipt `r` (verified by
+/// [`check_receipt`] under `service.keys`):
+/// - signed by a key announced under the pinned one: the rotation happened. Re-pin that
+///   key in `instance.json`, forget the predecessor and what was announced under it, and
+///   record `service_key_rotated` (`from_key_id`, `to_key_id`, `public_key`, `receipt`);
+///   receipts signed by the predecessor are `unknown_key` from now on;
+/// - announcing a key (`announce_key`) under the (new) pinned key: keep it as trusted next
+///   to the pin and record `service_key_announced` (`key_id`, `public_key`,
+///   `announced_by`, `receipt`).
+///
+/// Ledger entries are appended before `instance.json` changes: a crash in between repeats
+/// the step at the next receipt, it never changes trust unrecorded.
+fn follow_rotation(
+    inst: &mut Instance,
+    ledger: &Ledger,
+    service: &Service,
+    r: &Receipt,
+    hash: &str,
+    clock: &dyn Clock,
+) -> Result<(), CheckinError> {
+    let b = &r.body;
+    let Some(pinned) = service.keys.first() else {
+        return Ok(());
+    };
+    let mut pin = pinned.clone();
+    if b.key_id != pinned.key_id
+        && let Some(signer) = service.keys.iter().find(|k| k.key_id == b.key_id)
+    {
+        let public_key = keys::b64_encode(&signer.key);
+        let mut d = Map::new();
+        d.insert("from_key_id".into(), json!(pinned.key_id));
+        d.insert("to_key_id".into(), json!(signer.key_id));
+        d.insert("public_key".into(), json!(public_key));
+        d.insert("receipt".into(), json!(hash));
+        observe::append_trusted(inst, ledger, kind::SERVICE_KEY_ROTATED, d, clock)?;
+        let settings = inst.settings.service.get_or_insert_with(Default::default);
+        settings.public_key = Some(public_key);
+        settings.announced_keys.clear();
+        settings.superseded_keys.retain(|k| *k != pinned.key_id);
+        settings.superseded_keys.push(pinned.key_id.clone());
+        let excess = settings
+            .superseded_keys
+            .len()
+            .saturating_sub(MAX_SUPERSEDED_KEYS);
+        settings.superseded_keys.drain(..excess);
+        inst.save_settings()?;
+        pin = signer.clone();
+    }
+    // Checked by `check_receipt`: the announced key matches its id.
+    let Some(a) = &b.announce_key else {
+        return Ok(());
+    };
+    if a.key_id == pin.key_id {
+        return Ok(());
+    }
+    let settings = inst.settings.service.get_or_insert_with(Default::default);
+    let known = settings
+        .announced_keys
+        .iter()
+        .any(|x| x.key_id == a.key_id && x.announced_by.as_deref() == Some(&pin.key_id));
+    if known {
+        return Ok(());
+    }
+    let mut d = Map::new();
+    d.insert("key_id".into(), json!(a.key_id));
+    d.insert("public_key".into(), json!(a.public_key));
+    d.insert("announced_by".into(), json!(pin.key_id));
+    d.insert("receipt".into(), json!(hash));
+    observe::append_trusted(inst, ledger, kind::SERVICE_KEY_ANNOUNCED, d, clock)?;
+    let settings = inst.settings.service.get_or_insert_with(Default::default);
+    settings.announced_keys.retain(|x| x.key_id != a.key_id);
+    settings.announced_keys.push(AnnouncedServiceKey {
+        key_id: a.key_id.clone(),
+        public_key: a.public_key.clone(),
+        announced_by: Some(pin.key_id.clone()),
+    });
+    let excess = settings
+        .announced_keys
+        .len()
+        .saturating_sub(MAX_ANNOUNCED_KEYS);
+    settings.announced_keys.drain(..excess);
+    inst.save_settings()?;
+    Ok(())
 }
 
 /// Options of a network check-in.
@@ -822,7 +957,7 @@ pub fn checkin(
                 if let Err(f) = check_receipt(&r, &expect, ledger) {
                     return fail(f);
                 }
-                return accept(inst, ledger, *r, Via::Network, Some(&url), clock);
+                return accept(inst, ledger, service, *r, Via::Network, Some(&url), clock);
             }
             Reply::Refused { status, error } => (status, error),
         };
@@ -989,7 +1124,7 @@ pub fn apply_response(
         };
         return fail(inst, f);
     }
-    let outcome = accept(inst, ledger, r, Via::File, None, clock)?;
+    let outcome = accept(inst, ledger, service, r, Via::File, None, clock)?;
     ledger
         .connection()
         .execute("DELETE FROM pending_requests WHERE nonce = ?1", [&pending])

@@ -136,9 +136,26 @@ pub struct ServiceSettings {
     /// The serial's activation code, sent until the first successful check-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_code: Option<String>,
-    /// Service keys announced for rotation in receipts signed by an already trusted key.
+    /// Service keys announced for rotation in receipts signed by the pinned key (trusted
+    /// next to it; the first receipt one of them signs re-pins it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub announced_keys: Vec<crate::protocol::AnnouncedKey>,
+    pub announced_keys: Vec<AnnouncedServiceKey>,
+    /// Key ids this instance rotated away from (oldest first): a config file that still
+    /// pins one of them is followed to `public_key` instead of overriding it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded_keys: Vec<String>,
+}
+
+/// A service key announced in a receipt (`announce_key`), as `instance.json` keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncedServiceKey {
+    pub key_id: String,
+    pub public_key: String,
+    /// Key id of the key that signed the announcing receipt (absent in files written
+    /// before rotation was followed: the pinned key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced_by: Option<String>,
 }
 
 impl std::fmt::Debug for ServiceSettings {
@@ -151,6 +168,7 @@ impl std::fmt::Debug for ServiceSettings {
                 &self.activation_code.as_ref().map(|_| "<redacted>"),
             )
             .field("announced_keys", &self.announced_keys)
+            .field("superseded_keys", &self.superseded_keys)
             .finish()
     }
 }

@@ -8,6 +8,10 @@
 //! - request: prefix `vmledger/checkin/v1\n`, signed by the *instance* key;
 //! - receipt: prefix `vmledger/receipt/v1\n`, signed by the *service* key; the receipt's
 //!   `hash` (lowercase hex SHA-256 of its message) is what a `checkin` ledger entry cites.
+//!
+//! Service key rotation travels in both: a request names the service keys the appliance
+//! trusts (`service_keys`), a receipt names the key that signed it (`key_id`) and may
+//! announce the key the appliance should move to (`announce_key`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -21,6 +25,8 @@ pub const RECEIPT_PREFIX: &[u8] = b"vmledger/receipt/v1\n";
 pub const CHECKIN_FORMAT: &str = "vmledger-checkin-request/v1";
 pub const RECEIPT_FORMAT: &str = "vmledger-receipt/v1";
 pub const SERVICE_ERROR_FORMAT: &str = "vmledger-service-error/v1";
+/// Most key ids a request's `service_keys` may name.
+pub const MAX_SERVICE_KEYS: usize = 8;
 
 /// Protocol-level problems (the caller adds which file or peer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +74,12 @@ pub struct CheckinBody {
     pub entries: Vec<Entry>,
     /// Summary of the current hardware fingerprint (component digests), if known.
     pub hardware: Option<Value>,
+    /// Key ids of the service keys the appliance trusts: its pinned key first, then keys
+    /// announced under it. The service signs the receipt with one of them while it still
+    /// signs. Absent (not `null`) in requests of agents older than this member, so that
+    /// their signatures still verify; the service then uses the oldest key that signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_keys: Option<Vec<String>>,
 }
 
 /// A signed check-in request (`vmledger-checkin-request/v1`).
@@ -111,6 +123,17 @@ impl CheckinRequest {
             field: "sent_at",
             message: e.to_string(),
         })?;
+        if let Some(ids) = &b.service_keys {
+            if ids.len() > MAX_SERVICE_KEYS {
+                return Err(ProtocolError::Field {
+                    field: "service_keys",
+                    message: format!("at most {MAX_SERVICE_KEYS} key ids"),
+                });
+            }
+            for id in ids {
+                field_hex("service_keys", id, 16)?;
+            }
+        }
         let pk = keys::decode_public_key(&b.public_key, "public_key").map_err(|e| {
             ProtocolError::Field {
                 field: "public_key",
@@ -188,12 +211,35 @@ pub struct ReceiptBody {
     pub announce_key: Option<AnnouncedKey>,
 }
 
-/// A service key announced for rotation.
+/// A service key announced for rotation: the key the appliance should move to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnnouncedKey {
     pub key_id: String,
     pub public_key: String,
+}
+
+impl AnnouncedKey {
+    /// The announced raw key, checked against its `key_id`.
+    pub fn key(&self) -> Result<[u8; PUBLIC_KEY_LEN], ProtocolError> {
+        let k = keys::decode_public_key(&self.public_key, "announce_key.public_key").map_err(
+            |e| ProtocolError::Field {
+                field: "announce_key.public_key",
+                message: e.to_string(),
+            },
+        )?;
+        let id = key_id(&k);
+        if id != self.key_id {
+            return Err(ProtocolError::Field {
+                field: "announce_key.key_id",
+                message: format!(
+                    "`{}` is not the key id of the announced public key (that is {id})",
+                    self.key_id
+                ),
+            });
+        }
+        Ok(k)
+    }
 }
 
 /// A signed receipt (`vmledger-receipt/v1`).
@@ -284,6 +330,7 @@ mod tests {
             activation_code: Some("CODE".into()),
             entries: vec![],
             hardware: None,
+            service_keys: None,
         }
     }
 
@@ -295,7 +342,7 @@ mod tests {
         let mut t = r.clone();
         t.body.nonce = "ffeeddccbbaa99887766554433221101".into();
         assert_eq!(t.verify(), Err(ProtocolError::BadSignature));
-        let mut t = r;
+        let mut t = r.clone();
         t.body.instance = "XYZ".into();
         assert!(matches!(
             t.verify(),
@@ -304,6 +351,46 @@ mod tests {
                 ..
             })
         ));
+        // `service_keys`: absent stays absent in the signed body (older agents' signatures
+        // verify); present, its ids are checked.
+        assert!(!serde_json::to_string(&r.body).unwrap().contains("service_keys"));
+        let mut b = body();
+        b.service_keys = Some(vec!["0123456789abcdef".into()]);
+        let signed = CheckinRequest::sign(b.clone(), &k).unwrap();
+        let text = serde_json::to_string(&signed).unwrap();
+        let back: CheckinRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.verify().unwrap(), k.public_key());
+        for bad in [vec!["0123".to_string()], vec!["0123456789abcdef".into(); 9]] {
+            b.service_keys = Some(bad);
+            let t = CheckinRequest::sign(b.clone(), &k).unwrap();
+            assert!(matches!(
+                t.verify(),
+                Err(ProtocolError::Field {
+                    field: "service_keys",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn announced_key_must_match_its_id() {
+        let k = SigningKey::from_seed(&[5; 32]);
+        let mut a = AnnouncedKey {
+            key_id: key_id(&k.public_key()),
+            public_key: k.public_key_b64(),
+        };
+        assert_eq!(a.key().unwrap(), k.public_key());
+        a.key_id = "0000000000000000".into();
+        assert!(matches!(
+            a.key(),
+            Err(ProtocolError::Field {
+                field: "announce_key.key_id",
+                ..
+            })
+        ));
+        a.public_key = "nope".into();
+        assert!(a.key().is_err());
     }
 
     #[test]

@@ -233,9 +233,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> anyhow::Result<Exit> {
             let bytes = std::fs::read(&request)
                 .with_context(|| format!("cannot read request file {}", request.display()))?;
             let (mut store, path, cfg) = open(ctx, &db)?;
-            let (key, key_id) = service::load_key(&path)?;
+            let mut ring = service::keyring::KeyRing::new(&path);
             let settings = Settings::from_section(&cfg.server);
-            let receipt = admin::offline_receipt(&mut store, &key, &key_id, &settings, &bytes, now)
+            let receipt = admin::offline_receipt(&mut store, &mut ring, &settings, &bytes, now)
                 .with_context(|| format!("request file {}", request.display()))?;
             let mut text = serde_json::to_vec_pretty(&receipt)?;
             text.push(b'\n');

@@ -35,6 +35,7 @@ pub mod kind {
     pub const CONFIG_CHANGE_BLOCKED: &str = "config_change_blocked";
     pub const SERVICE_CONFIGURED: &str = "service_configured";
     pub const SERVICE_KEY_ANNOUNCED: &str = "service_key_announced";
+    pub const SERVICE_KEY_ROTATED: &str = "service_key_rotated";
 }
 
 /// Errors while observing the license state.

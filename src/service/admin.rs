@@ -11,11 +11,12 @@ use serde_json::{Value, json};
 
 use super::checkin::{self, Refusal};
 use super::config::Settings;
+use super::keyring::KeyRing;
 use super::store::{
     Activation, InstanceRecord, OverrideRecord, SerialRecord, Store, StoreError, Tx,
 };
 use crate::identity::validate_serial;
-use crate::keys::{self, SigningKey};
+use crate::keys;
 use crate::protocol::Receipt;
 use crate::rules::{SerialState, Time, Window};
 use crate::time;
@@ -50,12 +51,21 @@ fn invalid(what: impl Into<String>, message: impl Into<String>) -> AdminError {
     }
 }
 
-/// Who runs the command: `$USER` (or `unknown`).
+/// Who runs the command: `$USER`, else the effective user's name from the user
+/// database, else `uid N` (cron jobs and `sudo -i` shells may have no `$USER`).
 pub fn operator() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    operator_from(std::env::var("USER").ok())
+}
+
+fn operator_from(user: Option<String>) -> String {
+    if let Some(u) = user.filter(|u| !u.is_empty()) {
+        return u;
+    }
+    let uid = nix::unistd::Uid::effective();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) if !u.name.is_empty() => u.name,
+        _ => format!("uid {uid}"),
+    }
 }
 
 /// A fresh activation code: 4 groups of 5 characters from an unambiguous alphabet.
@@ -554,11 +564,11 @@ pub fn allow_concurrent(
 }
 
 /// `admin offline-receipt`: process an air-gapped site's request file exactly as an
-/// online check-in, and sign the receipt.
+/// online check-in, and sign the receipt with the key an online check-in would get
+/// (`ring` loads it).
 pub fn offline_receipt(
     store: &mut dyn Store,
-    key: &SigningKey,
-    key_id: &str,
+    ring: &mut KeyRing,
     settings: &Settings,
     request: &[u8],
     now: Time,
@@ -566,9 +576,33 @@ pub fn offline_receipt(
     let req = checkin::parse(request).map_err(AdminError::Refused)?;
     let prepared = checkin::prepare(req).map_err(AdminError::Refused)?;
     let mut tx = store.write()?;
-    let answer = checkin::apply(&mut *tx, &prepared, now, settings, key_id)?;
+    let records = tx.service_keys()?;
+    let signers = ring
+        .signers(&records)
+        .map_err(|e| AdminError::Sign(e.to_string()))?;
+    let answer = checkin::apply(&mut *tx, &prepared, now, settings, &signers)?;
     // A refusal may still have recorded something (a pending activation): keep it.
     tx.commit()?;
     let answer = answer.map_err(AdminError::Refused)?;
-    Receipt::sign(answer.body, key).map_err(|e| AdminError::Sign(e.to_string()))
+    Receipt::sign(answer.body, &answer.signer).map_err(|e| AdminError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_falls_back_to_the_effective_user() {
+        assert_eq!(operator_from(Some("alice".into())), "alice");
+        let uid = nix::unistd::Uid::effective();
+        let want = match nix::unistd::User::from_uid(uid) {
+            Ok(Some(u)) => u.name,
+            _ => format!("uid {uid}"),
+        };
+        for unset in [None, Some(String::new())] {
+            let got = operator_from(unset);
+            assert_eq!(got, want);
+            assert_ne!(got, "unknown");
+        }
+    }
 }

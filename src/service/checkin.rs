@@ -6,19 +6,23 @@
 //!    signs correctly under that key, and the entries form one contiguous chain.
 //! 2. [`apply`] (inside the writer's transaction): the serial exists, activation and key
 //!    pinning, replayed nonces, links to stored entries (an unknown `prev` is a 409 with
-//!    the acknowledged head), the detection rules, and the receipt body.
+//!    the acknowledged head), the detection rules, and the receipt body with the key that
+//!    signs it and the key it announces ([`super::keyring::Signers::choose`], from the
+//!    request's `service_keys`).
 //!
 //! Every refusal is a [`Refusal`]: an HTTP status and a `vmledger-service-error/v1` body
 //! that says what was wrong and what to do. Storage failures are [`StoreError`]s (503).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::config::Settings;
 use super::evidence;
+use super::keyring::Signers;
 use super::store::{Activation, InstanceRecord, StoreError, StoredEntry, Tx, VerdictRecord};
-use crate::keys::{self, PUBLIC_KEY_LEN};
+use crate::keys::{self, PUBLIC_KEY_LEN, SigningKey};
 use crate::ledger::entry::Entry;
 use crate::protocol::{
     self, CheckinRequest, ProtocolError, ReceiptBody, SERVICE_ERROR_FORMAT, ServiceError, Status,
@@ -172,6 +176,8 @@ fn short(hash: &str) -> &str {
 pub struct Answer {
     /// The receipt to sign.
     pub body: ReceiptBody,
+    /// The key that signs it (`body.key_id` names it).
+    pub signer: Arc<SigningKey>,
     /// Entries newly stored.
     pub new_entries: u64,
     /// Verdict kinds issued (for metrics).
@@ -219,14 +225,14 @@ pub fn sla_ended(ends: &str, now: Time) -> bool {
         .is_some_and(|end| now >= end)
 }
 
-/// Apply a prepared check-in inside `tx` at server time `now`. `key_id` names the
-/// service key that will sign the receipt.
+/// Apply a prepared check-in inside `tx` at server time `now`. `signers` (read in the same
+/// transaction) chooses the service key that signs the receipt and the key it announces.
 pub fn apply(
     tx: &mut dyn Tx,
     p: &Prepared,
     now: Time,
     settings: &Settings,
-    key_id: &str,
+    signers: &Signers,
 ) -> Result<Result<Answer, Refusal>, StoreError> {
     let b = &p.req.body;
     let now_s = time::format_at(now);
@@ -567,10 +573,11 @@ pub fn apply(
             None => (Status::Active, None, None),
         },
     };
+    let choice = signers.choose(b.service_keys.as_deref());
     Ok(Ok(Answer {
         body: ReceiptBody {
             v: 1,
-            key_id: key_id.to_string(),
+            key_id: choice.key_id,
             serial: b.serial.clone(),
             instance: b.instance.clone(),
             nonce: b.nonce.clone(),
@@ -582,8 +589,9 @@ pub fn apply(
             verdict,
             sla_ends: Some(serial.ends.clone()),
             next_checkin_before: time::format_at(now + settings.checkin_interval),
-            announce_key: None,
+            announce_key: choice.announce,
         },
+        signer: choice.key,
         new_entries: rows.len() as u64,
         verdicts: kinds,
     }))

@@ -35,7 +35,6 @@ use super::checkin::{self, Refusal};
 use super::config::Settings;
 use super::writer::{self, Job, Outcome};
 use super::{ServiceConfig, ServiceError, SqliteStore, TlsFiles};
-use crate::keys::SigningKey;
 use crate::protocol::Receipt;
 use crate::time::{self, Clock};
 
@@ -174,12 +173,12 @@ impl RateLimiter {
 
 struct AppState {
     writer: mpsc::Sender<Job>,
-    key: SigningKey,
     settings: Arc<Settings>,
     clock: Arc<dyn Clock>,
     limiter: Mutex<RateLimiter>,
     metrics: Arc<Metrics>,
-    key_id: String,
+    /// The active key's id as of the writer's last batch (for `/healthz`).
+    key_id: Arc<Mutex<String>>,
 }
 
 fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
@@ -310,7 +309,7 @@ async fn checkin_inner(s: &AppState, headers: &HeaderMap, body: Body) -> Respons
                     .get_or_create(&vec![("kind".into(), k.clone())])
                     .inc();
             }
-            match Receipt::sign(a.body, &s.key) {
+            match Receipt::sign(a.body, &a.signer) {
                 Ok(receipt) => json_response(200, &receipt),
                 Err(e) => unavailable(&format!("cannot sign the receipt: {e}")),
             }
@@ -345,7 +344,7 @@ async fn healthz(State(s): State<Arc<AppState>>) -> Response {
         &json!({
             "format": "vmledger-health/v1",
             "status": if ok { "ok" } else { "unavailable" },
-            "key_id": s.key_id,
+            "key_id": s.key_id.lock().map(|k| k.clone()).unwrap_or_default(),
             "server_time": time::format_at(s.clock.now()),
         }),
     )
@@ -438,7 +437,10 @@ pub(crate) async fn run(
     config: ServiceConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServiceError> {
-    let (key, key_id) = super::load_key(&config.db)?;
+    // Every key that signs must load before anything is answered.
+    let mut ring = super::keyring::KeyRing::new(&config.db);
+    let signers = ring.signers(&super::keyring::list(&config.db)?)?;
+    let key_id = Arc::new(Mutex::new(signers.active_id().to_string()));
     let store = SqliteStore::open(&config.db)?;
     let settings = Arc::new(config.settings);
     let metrics = Arc::new(Metrics::new());
@@ -446,6 +448,7 @@ pub(crate) async fn run(
         Box::new(store),
         settings.clone(),
         config.clock.clone(),
+        ring,
         key_id.clone(),
         metrics.clone(),
     )
@@ -456,7 +459,6 @@ pub(crate) async fn run(
     let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let state = Arc::new(AppState {
         writer: writer_tx,
-        key,
         limiter: Mutex::new(RateLimiter::new(
             settings.rate_per_minute,
             settings.rate_burst,

@@ -162,6 +162,9 @@ impl Sim {
             entries,
             activation_code,
             None,
+            // Simulated appliances name no service key: the service signs with the oldest
+            // key that signs (the active one when nothing rotates).
+            None,
             now,
         )
         .map_err(|e| ClientError::Build(e.to_string()))

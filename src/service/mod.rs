@@ -6,6 +6,7 @@
 //! |------|------|
 //! | `store.rs` | the [`Store`] trait every backend implements |
 //! | `sqlite.rs` | the SQLite backend (WAL, `synchronous=FULL`, its own migrations) |
+//! | `keyring.rs` | the service's signing keys: files, rotation states, which key signs |
 //! | `checkin.rs` | verifying a request, applying it, the receipt body |
 //! | `evidence.rs` | evidence documents and their offline verification |
 //! | `writer.rs` | the single writer thread: group commit of check-in batches |
@@ -26,6 +27,7 @@ pub mod client;
 pub mod config;
 pub mod evidence;
 mod http;
+pub mod keyring;
 pub mod loadgen;
 pub mod sqlite;
 pub mod store;
@@ -71,7 +73,8 @@ pub enum ServiceError {
     Invalid(String),
 }
 
-/// Where the service key of database `db` lives: `<db>.key`.
+/// Where the key `service init` created for database `db` lives: `<db>.key` (keys created
+/// by `service key rotate` live in [`keyring::successor_path`]).
 pub fn key_path(db: &Path) -> PathBuf {
     let mut s = db.as_os_str().to_os_string();
     s.push(".key");
@@ -110,22 +113,26 @@ pub fn init(db: &Path, clock: &dyn Clock) -> Result<SigningKey, ServiceError> {
     Ok(key)
 }
 
-/// Load the service key of `db` and check it is the one the database pins.
+/// Load the active service key of `db` and check it is the one the database pins.
 pub fn load_key(db: &Path) -> Result<(SigningKey, String), ServiceError> {
-    let mut store = SqliteStore::open(db)?;
-    let (expected, _) = store.read()?.service_key()?;
-    let kp = key_path(db);
-    let key = SigningKey::load(&kp)?;
-    let found = protocol::key_id(&key.public_key());
-    if found != expected {
-        return Err(ServiceError::KeyMismatch {
-            path: kp.display().to_string(),
-            db: db.display().to_string(),
-            expected,
-            found,
-        });
-    }
-    Ok((key, found))
+    let keys = keyring::list(db)?;
+    let active = keys
+        .iter()
+        .find(|k| k.state == store::KeyState::Active)
+        .ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "service database {} has no active key; was it created by `vmledger service init`?",
+                db.display()
+            ))
+        })?;
+    let key = keyring::load(db, active)?;
+    Ok((key, active.key_id.clone()))
+}
+
+/// Load every key of `db` that signs receipts (the active key and the previous ones), so
+/// that a missing or wrong key file is found before anything is answered.
+pub fn load_signers(db: &Path) -> Result<keyring::Signers, ServiceError> {
+    keyring::KeyRing::new(db).signers(&keyring::list(db)?)
 }
 
 /// TLS material for `serve --tls-cert/--tls-key` (PEM files).

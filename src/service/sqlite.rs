@@ -14,17 +14,23 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::de::DeserializeOwned;
 
 use super::store::{
-    Activation, InstanceRecord, OverrideRecord, SerialRecord, Store, StoreError, StoredEntry, Tx,
-    VerdictRecord,
+    Activation, InstanceRecord, KeyState, OverrideRecord, SerialRecord, ServiceKeyRecord, Store,
+    StoreError, StoredEntry, Tx, VerdictRecord,
 };
 use crate::db::{self, Migration};
 use crate::rules::Window;
 
 /// The service schema's migrations, in order. Never edit a shipped one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("migrations/0001_service.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/0001_service.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002_key_rotation.sql"),
+    },
+];
 
 /// A service database.
 pub struct SqliteStore {
@@ -43,6 +49,8 @@ struct Cache {
     serials: HashMap<String, SerialRecord>,
     instances: HashMap<String, InstanceRecord>,
     windows: HashMap<String, Vec<Window>>,
+    /// The service keys (read by every check-in batch to choose the signing key).
+    keys: Option<Vec<ServiceKeyRecord>>,
 }
 
 /// Cached records beyond this are dropped (memory stays bounded on large fleets).
@@ -53,6 +61,7 @@ impl Cache {
         self.serials.clear();
         self.instances.clear();
         self.windows.clear();
+        self.keys = None;
     }
 
     fn bound(&mut self) {
@@ -108,7 +117,7 @@ impl SqliteStore {
             .map_err(|e| backend(path, e))?;
         let existing: Option<String> = tx
             .query_row(
-                "SELECT key_id FROM service_keys WHERE active = 1",
+                "SELECT key_id FROM service_keys WHERE state = 'active'",
                 [],
                 |r| r.get(0),
             )
@@ -121,7 +130,7 @@ impl SqliteStore {
             });
         }
         tx.execute(
-            "INSERT INTO service_keys (key_id, public_key, created_at, active) VALUES (?1, ?2, ?3, 1)",
+            "INSERT INTO service_keys (key_id, public_key, created_at, active, state, activated_at) VALUES (?1, ?2, ?3, 1, 'active', ?3)",
             params![key_id, public_key, now],
         )
         .map_err(|e| backend(path, e))?;
@@ -378,7 +387,7 @@ impl Tx for SqliteTx<'_> {
     fn service_key(&mut self) -> Result<(String, String), StoreError> {
         self.t()
             .query_row(
-                "SELECT key_id, public_key FROM service_keys WHERE active = 1",
+                "SELECT key_id, public_key FROM service_keys WHERE state = 'active'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -391,6 +400,81 @@ impl Tx for SqliteTx<'_> {
                     "no active service key; was the database created by `vmledger service init`?"
                         .into(),
             })
+    }
+
+    fn service_keys(&mut self) -> Result<Vec<ServiceKeyRecord>, StoreError> {
+        if let Some(k) = &self.cache.keys {
+            return Ok(k.clone());
+        }
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = {
+            let mut st = self
+                .t()
+                .prepare_cached(
+                    "SELECT key_id, public_key, state, created_at, activated_at, retired_at FROM service_keys ORDER BY created_at, rowid",
+                )
+                .map_err(|e| self.err(e))?;
+            st.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .and_then(|it| it.collect())
+            .map_err(|e| self.err(e))?
+        };
+        let mut keys = Vec::with_capacity(rows.len());
+        for (key_id, public_key, state, created_at, activated_at, retired_at) in rows {
+            let state = KeyState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                what: format!("service key {key_id} state"),
+                message: format!("unknown value `{state}`"),
+            })?;
+            keys.push(ServiceKeyRecord {
+                key_id,
+                public_key,
+                state,
+                created_at,
+                activated_at,
+                retired_at,
+            });
+        }
+        self.cache.keys = Some(keys.clone());
+        Ok(keys)
+    }
+
+    fn put_service_key(&mut self, rec: &ServiceKeyRecord) -> Result<(), StoreError> {
+        self.cache.keys = None;
+        let active = i64::from(rec.state == KeyState::Active);
+        self.t()
+            .execute(
+                "INSERT INTO service_keys (key_id, public_key, created_at, active, state, activated_at, retired_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (key_id) DO UPDATE SET active = excluded.active, state = excluded.state,
+                     activated_at = excluded.activated_at, retired_at = excluded.retired_at",
+                params![
+                    rec.key_id,
+                    rec.public_key,
+                    rec.created_at,
+                    active,
+                    rec.state.as_str(),
+                    rec.activated_at,
+                    rec.retired_at
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn serial(&mut self, serial: &str) -> Result<Option<SerialRecord>, StoreError> {

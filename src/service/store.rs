@@ -123,6 +123,60 @@ pub struct VerdictRecord {
     pub evidence: String,
 }
 
+/// Where a service key is in a rotation (see `migrations/0002_key_rotation.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    /// Created by `service key rotate`: announced in receipts, signs nothing yet.
+    Announced,
+    /// Signs receipts (exactly one key).
+    Active,
+    /// A former active key: still signs receipts for appliances that trust no newer key.
+    Previous,
+    /// Never signs again.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Announced => "announced",
+            KeyState::Active => "active",
+            KeyState::Previous => "previous",
+            KeyState::Retired => "retired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyState> {
+        Some(match s {
+            "announced" => KeyState::Announced,
+            "active" => KeyState::Active,
+            "previous" => KeyState::Previous,
+            "retired" => KeyState::Retired,
+            _ => return None,
+        })
+    }
+
+    /// May sign receipts.
+    pub fn signs(self) -> bool {
+        matches!(self, KeyState::Active | KeyState::Previous)
+    }
+}
+
+/// One of the service's signing keys (the private key is in a file beside the database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceKeyRecord {
+    /// First 16 hex digits of SHA-256 of the raw public key.
+    pub key_id: String,
+    /// Standard base64 of the raw 32-byte public key.
+    pub public_key: String,
+    pub state: KeyState,
+    pub created_at: String,
+    /// When it last became active.
+    pub activated_at: Option<String>,
+    pub retired_at: Option<String>,
+}
+
 /// An operator's override, recorded before it takes effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverrideRecord {
@@ -136,7 +190,7 @@ pub struct OverrideRecord {
     /// Kind-specific JSON (e.g. `{"branch": 1, "hash": ...}` or a window).
     pub detail: String,
     pub reason: String,
-    /// Who ran the command (`$USER`, or `unknown`).
+    /// Who ran the command (`$USER`, else the effective user name, else `uid N`).
     pub operator: String,
 }
 
@@ -153,8 +207,12 @@ pub trait Tx {
     /// Make every write durable. Without it, dropping the transaction rolls it back.
     fn commit(self: Box<Self>) -> Result<(), StoreError>;
 
-    /// The service's current key id and public key.
+    /// The service's active key id and public key.
     fn service_key(&mut self) -> Result<(String, String), StoreError>;
+    /// Every service key, oldest first.
+    fn service_keys(&mut self) -> Result<Vec<ServiceKeyRecord>, StoreError>;
+    /// Insert a key, or update its state and times (a retired key never changes again).
+    fn put_service_key(&mut self, rec: &ServiceKeyRecord) -> Result<(), StoreError>;
 
     fn serial(&mut self, serial: &str) -> Result<Option<SerialRecord>, StoreError>;
     fn put_serial(&mut self, rec: &SerialRecord) -> Result<(), StoreError>;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkin::{self, Answer, Prepared, Refusal};
 use super::config::Settings;
 use super::http::Metrics;
+use super::keyring::KeyRing;
 use super::store::Store;
 use crate::time::Clock;
 
@@ -40,12 +41,15 @@ pub(crate) enum Outcome {
     Unavailable(String),
 }
 
-/// Start the writer thread; it stops when every sender is dropped.
+/// Start the writer thread; it stops when every sender is dropped. Each batch reads the
+/// service keys in its transaction (an operator's `service key activate|retire` takes
+/// effect at the next batch) and publishes the active key id in `active_key`.
 pub(crate) fn spawn(
     mut store: Box<dyn Store>,
     settings: Arc<Settings>,
     clock: Arc<dyn Clock>,
-    key_id: String,
+    mut ring: KeyRing,
+    active_key: Arc<std::sync::Mutex<String>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
@@ -67,7 +71,8 @@ pub(crate) fn spawn(
                     &mut batch,
                     &settings,
                     &*clock,
-                    &key_id,
+                    &mut ring,
+                    &active_key,
                     &metrics,
                 );
             }
@@ -89,15 +94,23 @@ fn run_batch(
     batch: &mut Vec<Job>,
     settings: &Settings,
     clock: &dyn Clock,
-    key_id: &str,
+    ring: &mut KeyRing,
+    active_key: &std::sync::Mutex<String>,
     metrics: &Metrics,
 ) {
     let mut results: Vec<Outcome> = Vec::with_capacity(batch.len());
     let failure = (|| -> Result<(), String> {
         let mut tx = store.write().map_err(|e| e.to_string())?;
+        let records = tx.service_keys().map_err(|e| e.to_string())?;
+        let signers = ring.signers(&records).map_err(|e| e.to_string())?;
+        if let Ok(mut k) = active_key.lock()
+            && *k != signers.active_id()
+        {
+            *k = signers.active_id().to_string();
+        }
         for job in batch.iter() {
             let now = clock.now();
-            match checkin::apply(&mut *tx, &job.prepared, now, settings, key_id) {
+            match checkin::apply(&mut *tx, &job.prepared, now, settings, &signers) {
                 Ok(Ok(a)) => results.push(Outcome::Accepted(a)),
                 Ok(Err(r)) => results.push(Outcome::Refused(r)),
                 Err(e) => return Err(e.to_string()),
