@@ -187,7 +187,10 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl Service {
-    /// Resolve: the config's `[service]` (`url`, `public_key`) overrides what `init` stored.
+    /// Resolve: the config's `[service]` (`url`, `public_key`) overrides what `init` stored,
+    /// except a config key this instance already rotated away from (`superseded_keys`):
+    /// that one is followed to the current pin. The trusted keys are the pin, then the
+    /// keys announced in receipts the pin signed.
     pub fn resolve(
         stored: Option<&ServiceSettings>,
         config: &ServiceSection,
@@ -620,7 +623,8 @@ pub fn check_receipt(r: &Receipt, expect: &Expect<'_>, ledger: &Ledger) -> Resul
     if let Some(a) = &b.announce_key {
         // A signed announcement that does not add up is the service's error: refuse the
         // receipt rather than silently trust (or ignore) the key.
-        a.key().map_err(|e| rejected(failure::MALFORMED, e.to_string(), h))?;
+        a.key()
+            .map_err(|e| rejected(failure::MALFORMED, e.to_string(), h))?;
     }
     let server_time = time::parse_at(&b.server_time)
         .map_err(|e| rejected(failure::MALFORMED, format!("server_time: {e}"), h))?;

@@ -222,12 +222,13 @@ pub struct AnnouncedKey {
 impl AnnouncedKey {
     /// The announced raw key, checked against its `key_id`.
     pub fn key(&self) -> Result<[u8; PUBLIC_KEY_LEN], ProtocolError> {
-        let k = keys::decode_public_key(&self.public_key, "announce_key.public_key").map_err(
-            |e| ProtocolError::Field {
-                field: "announce_key.public_key",
-                message: e.to_string(),
-            },
-        )?;
+        let k =
+            keys::decode_public_key(&self.public_key, "announce_key.public_key").map_err(|e| {
+                ProtocolError::Field {
+                    field: "announce_key.public_key",
+                    message: e.to_string(),
+                }
+            })?;
         let id = key_id(&k);
         if id != self.key_id {
             return Err(ProtocolError::Field {
@@ -353,7 +354,11 @@ mod tests {
         ));
         // `service_keys`: absent stays absent in the signed body (older agents' signatures
         // verify); present, its ids are checked.
-        assert!(!serde_json::to_string(&r.body).unwrap().contains("service_keys"));
+        assert!(
+            !serde_json::to_string(&r.body)
+                .unwrap()
+                .contains("service_keys")
+        );
         let mut b = body();
         b.service_keys = Some(vec!["0123456789abcdef".into()]);
         let signed = CheckinRequest::sign(b.clone(), &k).unwrap();

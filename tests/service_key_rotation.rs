@@ -144,7 +144,12 @@ fn rotation_through_the_real_service() {
     old.verify(&k1).unwrap();
     let run = a.run(
         &RealTime,
-        &["checkin", "--json", "--response-file", resp.to_str().unwrap()],
+        &[
+            "checkin",
+            "--json",
+            "--response-file",
+            resp.to_str().unwrap(),
+        ],
     );
     assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
     assert_eq!(run.json()["reason"], "unknown_key", "{}", run.stdout);
@@ -212,7 +217,11 @@ fn rotation_through_the_real_service() {
         .arg(&db)
         .run();
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains(&id2) && r.stderr.contains("active"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&id2) && r.stderr.contains("active"),
+        "{}",
+        r.stderr
+    );
     let r = sb
         .cmd(["service", "key", "activate", &id1, "--db"])
         .arg(&db)

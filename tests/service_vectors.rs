@@ -104,7 +104,9 @@ fn request_vector_with(service_keys: Option<Vec<String>>) -> Value {
     };
     let r = CheckinRequest::sign(body.clone(), &key).unwrap();
     let description = match service_keys {
-        None => "vmledger-checkin-request/v1: the instance key is the Ed25519 key whose 32-byte seed is 0x03 repeated",
+        None => {
+            "vmledger-checkin-request/v1: the instance key is the Ed25519 key whose 32-byte seed is 0x03 repeated"
+        }
         Some(_) => {
             "vmledger-checkin-request/v1 naming the service keys the appliance trusts (`service_keys`: the keys whose seeds are 0x09 and 0x0a repeated): the instance key is the Ed25519 key whose 32-byte seed is 0x03 repeated"
         }
@@ -177,8 +179,16 @@ fn receipt_announcing_a_key_golden_vector() {
     r.verify(&pk).unwrap();
     let a = r.body.announce_key.as_ref().unwrap();
     assert_eq!(a.key_id, service_key_id(10));
-    assert_eq!(a.key().unwrap(), SigningKey::from_seed(&[10; 32]).public_key());
-    assert!(v["message"].as_str().unwrap().contains("\"announce_key\":{\"key_id\":"));
+    assert_eq!(
+        a.key().unwrap(),
+        SigningKey::from_seed(&[10; 32]).public_key()
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"announce_key\":{\"key_id\":")
+    );
     common::service::validate("receipt", &v["receipt"]);
 }
 

@@ -363,7 +363,11 @@ mod tests {
         let (ida, idb) = (a.key_id.clone(), b.key_id.clone());
         // Announced: the active key signs and announces the successor, whatever is trusted.
         let s = signers(&[a.clone(), b.clone()]);
-        for t in [None, Some(vec![ida.clone()]), Some(vec![ida.clone(), idb.clone()])] {
+        for t in [
+            None,
+            Some(vec![ida.clone()]),
+            Some(vec![ida.clone(), idb.clone()]),
+        ] {
             let c = s.choose(t.as_deref());
             assert_eq!(c.key_id, ida);
             assert_eq!(c.announce.as_ref().unwrap().key_id, idb);

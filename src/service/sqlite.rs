@@ -843,7 +843,11 @@ mod tests {
             "e57b826295cf05e4ff72975b45e2e68c3d9e830c528759a5ef73435181930026",
             "567573cb1043baf98f80dad59ca22c14781e09b86948380402b3905e388f2362",
         ];
-        assert_eq!(MIGRATIONS.len(), pinned.len(), "pin every shipped migration");
+        assert_eq!(
+            MIGRATIONS.len(),
+            pinned.len(),
+            "pin every shipped migration"
+        );
         for (m, want) in MIGRATIONS.iter().zip(pinned) {
             assert_eq!(
                 db::migration_digest(m),
