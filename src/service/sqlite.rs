@@ -859,6 +859,40 @@ mod tests {
     }
 
     #[test]
+    fn migration_2_keeps_the_key_of_a_shipped_database_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sqlite");
+        // A database as the first release left it.
+        let conn = db::open(&p, &MIGRATIONS[..1], true).unwrap();
+        conn.execute(
+            "INSERT INTO service_keys (key_id, public_key, created_at, active) VALUES ('k1', 'pk1', '2027-01-01T00:00:00.000Z', 1)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(&p).unwrap();
+        let mut tx = s.write().unwrap();
+        let keys = tx.service_keys().unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].state, KeyState::Active);
+        assert_eq!(
+            keys[0].activated_at.as_deref(),
+            Some("2027-01-01T00:00:00.000Z")
+        );
+        assert_eq!(tx.service_key().unwrap().0, "k1");
+        // One active key at most; a retired key never changes; keys are never deleted.
+        let mut k2 = keys[0].clone();
+        k2.key_id = "k2".into();
+        assert!(tx.put_service_key(&k2).is_err());
+        k2.state = KeyState::Retired;
+        tx.put_service_key(&k2).unwrap();
+        k2.state = KeyState::Active;
+        assert!(tx.put_service_key(&k2).is_err());
+        tx.commit().unwrap();
+        assert!(s.conn.execute("DELETE FROM service_keys", []).is_err());
+    }
+
+    #[test]
     fn create_refuses_twice_and_entries_are_append_only() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.sqlite");

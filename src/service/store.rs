@@ -8,7 +8,9 @@
 //! back. Records are plain values; the rules' states travel as their own types.
 //!
 //! Invariants every backend keeps: entries, verdicts and overrides are append-only;
-//! an entry is keyed by its hash; every entry row carries the server time it arrived.
+//! an entry is keyed by its hash; every entry row carries the server time it arrived;
+//! service keys are never deleted, at most one is active and one announced, and a
+//! retired key never changes again.
 
 use serde::{Deserialize, Serialize};
 
