@@ -3,9 +3,9 @@
 //! per branch, boots and check-ins as marks, the fork points highlighted and the
 //! entries that decided each verdict labelled; and per serial with a serial-level verdict
 //! (a reinstall whose old instance ran on), a timeline with one lane per instance and the
-//! overlap shaded. A support engineer sees at a glance what happened. The summary and an
-//! index come last in the file and are shown first (CSS `order`), so the page is written
-//! as results stream in.
+//! time both were in use shaded. A support engineer sees at a glance what happened. The
+//! summary and an index come last in the file and are shown first (CSS `order`), so the
+//! page is written as results stream in.
 //!
 //! Every text that comes from input (serials, kinds, file names) is HTML-escaped. This
 //! module only formats, into the writer it is given.
@@ -75,7 +75,7 @@ pub struct Timeline {
     /// Labelled entries: (lane, time, label), e.g. a verdict's trigger and witness.
     pub notes: Vec<(BranchId, Time, String)>,
     /// Shaded time ranges across every lane: (from, to, label), e.g. the time two
-    /// instances of a serial both ran.
+    /// instances of a serial were both in use.
     pub spans: Vec<(Time, Time, String)>,
 }
 
@@ -429,7 +429,7 @@ impl<W: Write> Sink for HtmlSink<W> {
         )?;
         writeln!(
             self.w,
-            "<section><p>Cross-check of <code>{}</code>; signatures checked: {}; clock tolerance {} minutes; {} declared window(s). Legend: ▲ boot, ● check-in, ○ failed check-in, ◆ clock anomaly, ■ genesis; the orange ring is a fork point (two signed entries with the same predecessor), red labels mark the entries that decided a verdict; on a serial's timeline (one lane per instance) the red shading is the time two instances both ran.</p></section>",
+            "<section><p>Cross-check of <code>{}</code>; signatures checked: {}; clock tolerance {} minutes; {} declared window(s). Legend: ▲ boot, ● check-in, ○ failed check-in, ◆ clock anomaly, ■ genesis; the orange ring is a fork point (two signed entries with the same predecessor), red labels mark the entries that decided a verdict; on a serial's timeline (one lane per instance) the red shading is the time two instances were both in use.</p></section>",
             esc(&head.paths.join(" ")),
             esc(&head.signatures),
             head.policy.clock_tolerance_minutes,

@@ -88,9 +88,9 @@ pub fn judge_group(g: &Group, ctx: &Ctx) -> (SerialReport, Vec<FileNote>) {
 }
 
 /// One lane per instance (from its first entry to its last, its entries as marks), the
-/// entries that decided each serial-level verdict labelled, and the time two instances
-/// both ran (from the newer one's first entry to the older one's entry that triggered
-/// the verdict) shaded.
+/// entries that decided each serial-level verdict labelled, and the time both instances
+/// of each verdict were in use (where their lanes overlap, and at least from the newer
+/// one's first entry to the older one's entry that triggered the verdict) shaded.
 fn timeline(judged: &[Judged], st: &SerialState, verdicts: &[(SerialVerdict, Value)]) -> Timeline {
     let mut lanes = Vec::new();
     let mut marks = Vec::new();
@@ -152,7 +152,11 @@ fn timeline(judged: &[Judged], st: &SerialState, verdicts: &[(SerialVerdict, Val
         if let (Some(a), Some(b)) = (extent(tl), extent(wl)) {
             let from = a.0.max(b.0).min(v.trigger.at);
             let to = a.1.min(b.1).max(v.trigger.at);
-            spans.push((from, to, format!("s{}: both instances ran", v.number)));
+            let what = match v.kind {
+                crate::rules::Kind::Switching => "both instances in use, in turns",
+                _ => "both instances ran",
+            };
+            spans.push((from, to, format!("s{}: {what}", v.number)));
         }
     }
     Timeline {
