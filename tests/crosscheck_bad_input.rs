@@ -250,3 +250,185 @@ fn key_disagreement_bad_signatures_and_broken_links_are_invalid() {
             .starts_with("hash mismatch")
     );
 }
+
+#[test]
+fn a_malformed_entry_is_a_problem_of_its_instance_and_the_rest_is_judged() {
+    let sb = Sandbox::new();
+    let a = appliance(&sb);
+    let n = a["entries"].as_array().unwrap().len() as u64;
+    let mut nosig = a.clone();
+    nosig["entries"][2].as_object_mut().unwrap().remove("sig");
+    let mut extra = a.clone();
+    extra["entries"][2]["extra"] = Value::from(1);
+    let mut bigseq = a.clone();
+    bigseq["entries"][2]["body"]["seq"] = Value::from(987_654_321_u64);
+    let bigseq = serde_json::to_string(&bigseq)
+        .unwrap()
+        .replace("\"seq\":987654321", "\"seq\":18446744073709551616");
+    for (name, text, why, seq) in [
+        (
+            "nosig",
+            serde_json::to_string(&nosig).unwrap(),
+            "missing field `sig`",
+            Value::from(2),
+        ),
+        (
+            "extra",
+            serde_json::to_string(&extra).unwrap(),
+            "unknown field `extra`",
+            Value::from(2),
+        ),
+        ("bigseq", bigseq, "expected u64", Value::Null),
+    ] {
+        std::fs::write(sb.join("in/a.json"), &text).unwrap();
+        let doc = check(&sb, &["in"], 1);
+        assert_eq!(doc["unreadable"], serde_json::json!([]), "{name}");
+        let i = only_instance(&doc);
+        assert_eq!(i["verdict"], "invalid", "{name}: {i}");
+        let p = &i["problems"][0];
+        assert!(p["file"].as_str().unwrap().ends_with("in/a.json"), "{p}");
+        assert_eq!(p["seq"], seq, "{name}: {p}");
+        let problem = p["problem"].as_str().unwrap();
+        assert!(problem.starts_with("entry 2 of the bundle"), "{problem}");
+        assert!(problem.contains(why), "{name}: {problem}");
+        // The entries before it are judged, those after it are left out because of it.
+        assert_eq!(i["entries"], 2, "{name}");
+        assert_eq!(p["excluded"], n - 3, "{name}: {p}");
+        assert_eq!(i["entries_read"], n, "{name}");
+        assert_eq!(doc["serials"][0]["verdict"], "invalid");
+    }
+    // Entries that is not an array: the file is unreadable (named), not a clean instance.
+    let mut text = a.clone();
+    text["entries"] = Value::from("x");
+    write(&sb, "in/a.json", &text);
+    let doc = check(&sb, &["in"], 2);
+    assert!(
+        doc["unreadable"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("a.json")
+    );
+    let i = only_instance(&doc);
+    assert_eq!(i["entries"], 0);
+    assert!(
+        i["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("none of its 1 export(s) could be read"),
+        "{i}"
+    );
+}
+
+#[test]
+fn files_that_are_not_bundles_are_unreadable_unless_known_vmledger_documents() {
+    let sb = Sandbox::new();
+    let a = appliance(&sb);
+    let mut garbled = a.clone();
+    garbled["format"] = Value::from("vmledger-exp0rt/v1");
+    write(&sb, "in/garbled.json", &garbled);
+    let mut unformatted = a.clone();
+    unformatted.as_object_mut().unwrap().remove("format");
+    write(&sb, "in/unformatted.json", &unformatted);
+    write(
+        &sb,
+        "in/other.json",
+        &serde_json::json!({"name": "not ours"}),
+    );
+    write(
+        &sb,
+        "in/policy.json",
+        &serde_json::json!({"format": "vmledger-crosscheck-policy/v1"}),
+    );
+    write(
+        &sb,
+        "in/labels.json",
+        &serde_json::json!({"format": "vmledger-simulate-labels/v1", "instances": []}),
+    );
+    let doc = check(&sb, &["in"], 2);
+    assert_eq!(only_instance(&doc)["verdict"], "clean");
+    let names = |k: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = doc[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let p = f["path"].as_str().unwrap();
+                (
+                    p.rsplit('/').next().unwrap().to_string(),
+                    f["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let unreadable = names("unreadable");
+    assert_eq!(
+        unreadable.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["garbled.json", "other.json", "unformatted.json"]
+    );
+    assert!(
+        unreadable[0]
+            .1
+            .contains("unknown format `vmledger-exp0rt/v1`")
+    );
+    assert!(unreadable[1].1.contains("no `format` member"));
+    assert!(unreadable[2].1.contains("no `format` member"));
+    assert_eq!(
+        names("skipped")
+            .iter()
+            .map(|x| x.0.as_str())
+            .collect::<Vec<_>>(),
+        ["labels.json", "policy.json"]
+    );
+}
+
+#[test]
+fn exit_status_violation_over_unreadable_over_nothing_found() {
+    let sb = Sandbox::new();
+    // Nothing found: an empty directory, a directory of other documents.
+    std::fs::create_dir_all(sb.join("empty")).unwrap();
+    let doc = check(&sb, &["empty"], 2);
+    assert_eq!(doc["summary"]["exit_code"], 2);
+    let r = sb.cmd(["crosscheck", "empty"]).expect(2);
+    assert!(
+        r.stdout.contains("no export bundles were found"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("nothing flagged"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no export bundles were found"),
+        "{}",
+        r.stderr
+    );
+    std::fs::create_dir_all(sb.join("docs")).unwrap();
+    write(
+        &sb,
+        "docs/policy.json",
+        &serde_json::json!({"format": "vmledger-crosscheck-policy/v1"}),
+    );
+    assert_eq!(check(&sb, &["docs"], 2)["summary"]["skipped"], 1);
+
+    // A violation (an invalid ledger) beside an unreadable file: 1, both reported.
+    let a = appliance(&sb);
+    let mut forged = a.clone();
+    forged["entries"][1]["body"]["boot_id"] = Value::from("edited");
+    write(&sb, "in/a.json", &forged);
+    std::fs::write(
+        sb.join("in/cut.json"),
+        "{\"format\": \"vmledger-export/v1\", \"ser",
+    )
+    .unwrap();
+    let doc = check(&sb, &["in"], 1);
+    assert_eq!(only_instance(&doc)["verdict"], "invalid");
+    assert_eq!(doc["summary"]["unreadable"], 1);
+    let r = sb.cmd(["crosscheck", "in"]).expect(1);
+    assert!(r.stdout.contains("result: violations"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("1 file(s) could not be read"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("could not be read"), "{}", r.stderr);
+}

@@ -10,21 +10,27 @@ use common::Sandbox;
 use serde_json::Value;
 
 fn simulate(sb: &Sandbox, dir: &str, seed: &str) -> Value {
+    simulate_with(sb, dir, seed, "40", "45")
+}
+
+fn simulate_with(sb: &Sandbox, dir: &str, seed: &str, appliances: &str, days: &str) -> Value {
     let r = sb
         .cmd([
             "--json",
             "simulate",
             "--instances",
-            "40",
+            appliances,
             "--days",
-            "45",
+            days,
             "--seed",
             seed,
             "--out",
             dir,
         ])
         .ok();
-    serde_json::from_str(&r.stdout).expect("simulate --json")
+    let doc: Value = serde_json::from_str(&r.stdout).expect("simulate --json");
+    common::schemas::assert_valid("simulate.schema.json", &doc);
+    doc
 }
 
 fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
@@ -135,6 +141,7 @@ fn simulated_fleet_is_judged_perfectly_with_verifiable_evidence() {
         ])
         .ok();
     let score: Value = serde_json::from_str(&s.stdout).unwrap();
+    common::schemas::assert_valid("simulate-score.schema.json", &score);
     for scope in ["instances", "serials"] {
         let c = &score[scope];
         assert!(c["violations"].as_u64().unwrap() > 0);
@@ -155,6 +162,30 @@ fn simulated_fleet_is_judged_perfectly_with_verifiable_evidence() {
     let flagged = report["summary"]["instances"]["restored"].as_u64().unwrap()
         + report["summary"]["flagged"].as_u64().unwrap();
     assert_eq!(html.matches("<section id=\"i-").count() as u64, flagged);
+    // Mark tooltips name entry kinds as the ledger does.
+    assert!(html.contains(" checkin at 20"), "no check-in tooltip");
+    assert!(!html.contains("Checkin") && !html.contains("CheckinFailed"));
+    // One timeline per serial with a serial-level verdict: a lane per instance, the time
+    // both ran shaded.
+    let serial_level: Vec<&Value> = report["serials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["verdicts"].as_array().unwrap().is_empty())
+        .collect();
+    assert!(serial_level.len() >= 2, "concurrent and switching installs");
+    let sections: Vec<&str> = html.split("<section id=\"s-").skip(1).collect();
+    assert_eq!(sections.len(), serial_level.len());
+    for (sec, s) in sections.iter().zip(&serial_level) {
+        let sec = &sec[..sec.find("</section>").unwrap()];
+        assert!(sec.contains(s["serial"].as_str().unwrap()));
+        let svg = &sec[sec.find("<svg").expect("a serial timeline")..];
+        for i in s["instances"].as_array().unwrap() {
+            let lane = format!("instance {}…", &i["instance"].as_str().unwrap()[..12]);
+            assert!(svg.contains(&lane), "no lane {lane}");
+        }
+        assert!(svg.contains("both instances"));
+    }
 
     // The human table names the flagged instances and the totals.
     let t = sb
@@ -189,4 +220,99 @@ fn simulation_is_deterministic_for_a_seed() {
         .cmd(["simulate", "--instances", "2", "--days", "20", "--out", "a"])
         .expect(2);
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+}
+
+#[test]
+fn a_bundle_header_cannot_hide_a_serial_level_verdict() {
+    let sb = Sandbox::new();
+    simulate_with(&sb, "f", "4", "26", "30");
+    let labels: Value =
+        serde_json::from_slice(&std::fs::read(sb.join("f/labels.json")).unwrap()).unwrap();
+    let serial = labels["serials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == "concurrent_install")
+        .expect("a concurrent install")["serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let instances: Vec<(String, String)> = labels["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["serial"] == serial.as_str())
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap().to_string(),
+                i["expected"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(instances.len(), 2);
+    // That serial's exports alone.
+    std::fs::create_dir_all(sb.join("one")).unwrap();
+    for e in walkdir::WalkDir::new(sb.join("f/exports")) {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if instances.iter().any(|(i, _)| name.starts_with(i.as_str())) {
+            std::fs::copy(e.path(), sb.join("one").join(&name)).unwrap();
+        }
+    }
+    let judge = || -> Value {
+        let r = sb.cmd(["--json", "crosscheck", "one"]).expect(1);
+        let doc: Value = serde_json::from_str(&r.stdout).unwrap();
+        common::schemas::assert_valid("crosscheck.schema.json", &doc);
+        doc
+    };
+    let doc = judge();
+    assert_eq!(doc["serials"][0]["verdict"], "concurrent_duplicate");
+    let (older, _) = instances
+        .iter()
+        .find(|(_, v)| v == "concurrent_duplicate")
+        .expect("the instance that ran on");
+    // Its headers (unsigned) say no serial, or another one: it is no longer grouped with
+    // the newer instance, so the serial-level rule cannot see it; the mismatch is flagged.
+    for header in [Value::Null, Value::from("SN-ELSEWHERE")] {
+        for e in std::fs::read_dir(sb.join("one")).unwrap() {
+            let p = e.unwrap().path();
+            if !p
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(older.as_str())
+            {
+                continue;
+            }
+            let mut b: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            b["serial"] = header.clone();
+            std::fs::write(&p, serde_json::to_vec(&b).unwrap()).unwrap();
+        }
+        let doc = judge();
+        assert_eq!(doc["summary"]["exit_code"], 1);
+        let i = doc["serials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["instances"].as_array().unwrap())
+            .find(|i| i["instance"] == older.as_str())
+            .unwrap();
+        assert_eq!(i["verdict"], "invalid", "{header}: {i}");
+        assert_eq!(
+            i["serial"],
+            serial.as_str(),
+            "the signed serial is reported"
+        );
+        let p = &i["problems"][0];
+        assert!(p["file"].as_str().unwrap().contains(older.as_str()));
+        assert!(
+            p["problem"].as_str().unwrap().contains(&format!(
+                "the bundle's header names {}",
+                header
+                    .as_str()
+                    .map_or("no serial (null)".into(), |s| format!("serial {s}"))
+            )),
+            "{p}"
+        );
+    }
 }

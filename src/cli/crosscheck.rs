@@ -1,8 +1,9 @@
 //! `vmledger crosscheck PATH...`: judge exported ledgers (files, or directories searched
 //! recursively) with the service's detection rules and print the verdicts: a table, or
 //! with `--json` one `vmledger-crosscheck/v1` document; `--html FILE` also writes the
-//! timeline page. Exit 0 nothing flagged, 1 a violation or an invalid ledger, 2 when some
-//! file could not be read (the rest is still judged and reported).
+//! timeline page. Exit 1 when a violation or an invalid ledger is found (even if some files
+//! could not be read), else 2 when some file could not be read (the rest is still judged
+//! and reported) or no export bundle was found at all, else 0.
 
 use std::fs::File;
 use std::io::{BufWriter, ErrorKind};
@@ -81,16 +82,25 @@ pub fn run(ctx: &Ctx, a: Args) -> anyhow::Result<Exit> {
         Err(CrosscheckError::Write(e)) if e.kind() == ErrorKind::BrokenPipe => return Ok(Exit::Ok),
         Err(e) => return Err(e.into()),
     };
+    if summary.nothing_found() {
+        ctx.out.note(format!(
+            "vmledger: no export bundles were found in {}",
+            a.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    } else if summary.unreadable > 0 {
+        ctx.out.note(format!(
+            "vmledger: {} file(s) could not be read as export bundles (listed in the report); the rest was judged",
+            summary.unreadable
+        ));
+    }
     Ok(match summary.exit_code {
         0 => Exit::Ok,
         1 => Exit::Negative,
-        _ => {
-            ctx.out.note(format!(
-                "vmledger: {} file(s) could not be read as export bundles (listed in the report); the rest was judged",
-                summary.unreadable
-            ));
-            // The report is complete on stdout; only the status says "error".
-            Exit::Child(exit::ERROR)
-        }
+        // The report is complete on stdout; only the status says "error".
+        _ => Exit::Child(exit::ERROR),
     })
 }

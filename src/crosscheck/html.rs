@@ -1,9 +1,11 @@
 //! The HTML timeline report: one self-contained page (inline CSS and SVG, no scripts, no
 //! external resources) with, per instance that is not clean, a timeline with one lane
 //! per branch, boots and check-ins as marks, the fork points highlighted and the
-//! entries that decided each verdict labelled, so a support engineer sees at a glance
-//! what happened. The summary and an index come last in the file and are shown first
-//! (CSS `order`), so the page is written as results stream in.
+//! entries that decided each verdict labelled; and per serial with a serial-level verdict
+//! (a reinstall whose old instance ran on), a timeline with one lane per instance and the
+//! time both were in use shaded. A support engineer sees at a glance what happened. The
+//! summary and an index come last in the file and are shown first (CSS `order`), so the
+//! page is written as results stream in.
 //!
 //! Every text that comes from input (serials, kinds, file names) is HTML-escaped. This
 //! module only formats, into the writer it is given.
@@ -41,16 +43,23 @@ impl MarkKind {
 /// One entry on a lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mark {
+    /// The lane (a branch of an instance, or an instance of a serial).
     pub branch: BranchId,
     pub at: Time,
     pub seq: u64,
-    pub kind: MarkKind,
+    /// The entry's kind (`checkin`, `boot`, ...), shown in its tooltip.
+    pub kind: String,
 }
 
-/// One branch: a lane from its first entry to its tip.
+/// One lane: a branch of an instance (or an instance of a serial), from its first entry
+/// to its last.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lane {
     pub branch: BranchId,
+    /// What the lane is called (`branch 1`, `instance 0123…`).
+    pub label: String,
+    /// `primary`, `superseded`, `concurrent`, `disabled` (branches); `active`,
+    /// `superseded`, `disabled` (instances of a serial).
     pub state: String,
     pub from: Time,
     pub to: Time,
@@ -58,13 +67,16 @@ pub struct Lane {
     pub fork: Option<(BranchId, Time, u64)>,
 }
 
-/// What the HTML report draws for one instance.
+/// What the HTML report draws for one instance, or for one serial's instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeline {
     pub lanes: Vec<Lane>,
     pub marks: Vec<Mark>,
     /// Labelled entries: (lane, time, label), e.g. a verdict's trigger and witness.
     pub notes: Vec<(BranchId, Time, String)>,
+    /// Shaded time ranges across every lane: (from, to, label), e.g. the time two
+    /// instances of a serial were both in use.
+    pub spans: Vec<(Time, Time, String)>,
 }
 
 /// Escape text for HTML element content and attribute values.
@@ -113,6 +125,7 @@ fn lane_color(state: &str) -> &'static str {
         "superseded" => "#999",
         "concurrent" => "#58c",
         "disabled" => "#c33",
+        "active" => "#2a7",
         _ => "#666",
     }
 }
@@ -136,7 +149,7 @@ pub fn svg(t: &Timeline) -> String {
         .map(|(i, l)| (l.branch, i))
         .collect();
     let y = |b: BranchId| TOP + LANE * (*row.get(&b).unwrap_or(&0) as f64) + LANE / 2.0;
-    let height = TOP + LANE * t.lanes.len() as f64 + 10.0;
+    let height = TOP + LANE * t.lanes.len() as f64 + if t.spans.is_empty() { 10.0 } else { 24.0 };
     s.push_str(&format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img">"#
     ));
@@ -162,13 +175,26 @@ pub fn svg(t: &Timeline) -> String {
         }
         day += chrono::Duration::days(step);
     }
+    for (from, to, label) in &t.spans {
+        let (a, b) = (x(*from.min(to)), x(*from.max(to)));
+        s.push_str(&format!(
+            r##"<rect x="{a:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#c33" fill-opacity="0.12"><title>{}</title></rect><text x="{:.1}" y="{:.1}" font-size="11" fill="#c33">{}</text>"##,
+            TOP - 4.0,
+            (b - a).max(2.0),
+            LANE * t.lanes.len() as f64,
+            esc(label),
+            a + 3.0,
+            height - 2.0,
+            esc(label)
+        ));
+    }
     for l in &t.lanes {
         let yy = y(l.branch);
         let color = lane_color(&l.state);
         s.push_str(&format!(
-            r##"<text x="8" y="{:.1}" font-size="12" fill="#222">branch {}</text><text x="8" y="{:.1}" font-size="11" fill="{color}">{}</text>"##,
+            r##"<text x="8" y="{:.1}" font-size="12" fill="#222">{}</text><text x="8" y="{:.1}" font-size="11" fill="{color}">{}</text>"##,
             yy - 2.0,
-            l.branch,
+            esc(&l.label),
             yy + 12.0,
             esc(&l.state)
         ));
@@ -189,12 +215,12 @@ pub fn svg(t: &Timeline) -> String {
     for m in t.marks.iter().take(MAX_MARKS) {
         let (mx, my) = (x(m.at), y(m.branch));
         let title = format!(
-            "<title>seq {} {:?} at {}</title>",
+            "<title>seq {} {} at {}</title>",
             m.seq,
-            m.kind,
+            esc(&m.kind),
             time::format_at(m.at)
         );
-        let shape = match m.kind {
+        let shape = match MarkKind::of(&m.kind) {
             MarkKind::Boot => format!(
                 r##"<polygon points="{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}" fill="#123">{title}</polygon>"##,
                 mx,
@@ -247,7 +273,9 @@ pub fn svg(t: &Timeline) -> String {
 /// Writes the HTML report as results stream in.
 pub struct HtmlSink<W: Write> {
     w: W,
+    /// (anchor, what, serial, verdict) for the index.
     index: Vec<(String, String, String, Verdict)>,
+    serial_sections: usize,
 }
 
 impl<W: Write> HtmlSink<W> {
@@ -255,7 +283,64 @@ impl<W: Write> HtmlSink<W> {
         HtmlSink {
             w,
             index: Vec::new(),
+            serial_sections: 0,
         }
+    }
+
+    /// A serial with serial-level verdicts: the verdicts, one lane per instance, a table
+    /// of the instances.
+    fn serial_section(&mut self, serial: &str, s: &SerialReport) -> io::Result<()> {
+        self.serial_sections += 1;
+        let anchor = format!("s-{}", self.serial_sections);
+        let kind = s
+            .verdicts
+            .iter()
+            .filter_map(|v| v["kind"].as_str().and_then(Verdict::parse))
+            .max()
+            .unwrap_or(s.verdict);
+        self.index.push((
+            anchor.clone(),
+            format!("serial-level verdict, {} instances", s.instances.len()),
+            serial.to_string(),
+            kind,
+        ));
+        writeln!(
+            self.w,
+            r#"<section id="{anchor}"><h2><span class="v v-{k}">{k}</span> serial {}</h2>"#,
+            esc(serial),
+            k = kind.as_str()
+        )?;
+        for v in &s.verdicts {
+            writeln!(
+                self.w,
+                r#"<p class="why"><b>{} ({})</b>, verdict <code>{}</code>: {}</p>"#,
+                esc(v["kind"].as_str().unwrap_or_default()),
+                esc(v["rule"].as_str().unwrap_or_default()),
+                esc(v["verdict"].as_str().unwrap_or_default()),
+                esc(v["explanation"].as_str().unwrap_or_default())
+            )?;
+        }
+        if let Some(t) = &s.timeline {
+            writeln!(self.w, "{}", svg(t))?;
+        }
+        writeln!(
+            self.w,
+            "<table><tr><th>instance</th><th>verdict</th><th>first entry</th><th>last entry</th><th>entries</th></tr>"
+        )?;
+        for i in &s.instances {
+            let first = i.branches.iter().map(|b| b.first.at.as_str()).min();
+            let last = i.branches.iter().map(|b| b.tip.at.as_str()).max();
+            writeln!(
+                self.w,
+                r#"<tr><td><code>{}</code></td><td><span class="v v-{v}">{v}</span></td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                esc(&i.instance),
+                esc(first.unwrap_or("-")),
+                esc(last.unwrap_or("-")),
+                i.entries,
+                v = i.verdict.as_str()
+            )?;
+        }
+        writeln!(self.w, "</table></section>")
     }
 
     fn instance(&mut self, serial: &str, i: &InstanceReport) -> io::Result<()> {
@@ -289,6 +374,9 @@ impl<W: Write> HtmlSink<W> {
                 r#"<p class="why">serial-level verdict <code>{}</code> (see the serial below)</p>"#,
                 esc(id)
             )?;
+        }
+        for n in &i.notes {
+            writeln!(self.w, r#"<p class="why">note: {}</p>"#, esc(n))?;
         }
         for p in &i.problems {
             writeln!(
@@ -341,7 +429,7 @@ impl<W: Write> Sink for HtmlSink<W> {
         )?;
         writeln!(
             self.w,
-            "<section><p>Cross-check of <code>{}</code>; signatures checked: {}; clock tolerance {} minutes; {} declared window(s). Legend: ▲ boot, ● check-in, ○ failed check-in, ◆ clock anomaly, ■ genesis; the orange ring is a fork point (two signed entries with the same predecessor), red labels mark the entries that decided a verdict.</p></section>",
+            "<section><p>Cross-check of <code>{}</code>; signatures checked: {}; clock tolerance {} minutes; {} declared window(s). Legend: ▲ boot, ● check-in, ○ failed check-in, ◆ clock anomaly, ■ genesis; the orange ring is a fork point (two signed entries with the same predecessor), red labels mark the entries that decided a verdict; on a serial's timeline (one lane per instance) the red shading is the time two instances were both in use.</p></section>",
             esc(&head.paths.join(" ")),
             esc(&head.signatures),
             head.policy.clock_tolerance_minutes,
@@ -354,16 +442,8 @@ impl<W: Write> Sink for HtmlSink<W> {
         for i in s.instances.iter().filter(|i| i.verdict != Verdict::Clean) {
             self.instance(&serial, i)?;
         }
-        for v in &s.verdicts {
-            writeln!(
-                self.w,
-                r#"<section><h2>serial {} <span class="v v-{k}">{k}</span></h2><p class="why">{} ({}): {}</p></section>"#,
-                esc(&serial),
-                esc(v["verdict"].as_str().unwrap_or_default()),
-                esc(v["rule"].as_str().unwrap_or_default()),
-                esc(v["explanation"].as_str().unwrap_or_default()),
-                k = esc(v["kind"].as_str().unwrap_or_default()),
-            )?;
+        if !s.verdicts.is_empty() {
+            self.serial_section(&serial, s)?;
         }
         Ok(())
     }
@@ -392,21 +472,22 @@ impl<W: Write> Sink for HtmlSink<W> {
         }
         writeln!(
             self.w,
-            "</table><p>{} files, {} entries read, {} distinct judged, {} duplicates, {} signatures checked, {} unreadable files.</p>",
+            "</table><p>{} files, {} entries read, {} distinct judged, {} duplicates, {} signatures checked, {} unreadable files.</p><p><b>Result:</b> {}</p>",
             summary.files,
             summary.entries_read,
             summary.entries,
             summary.duplicates,
             summary.signatures_checked,
-            summary.unreadable
+            summary.unreadable,
+            esc(&summary.result())
         )?;
         if !self.index.is_empty() {
             writeln!(self.w, "<ul>")?;
-            for (anchor, serial, inst, v) in &self.index {
+            for (anchor, what, serial, v) in &self.index {
                 writeln!(
                     self.w,
                     r##"<li><a href="#{anchor}"><span class="v v-{v}">{v}</span> <code>{}</code></a> · serial {}</li>"##,
-                    esc(inst),
+                    esc(what),
                     esc(serial),
                     v = v.as_str()
                 )?;

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 
 use super::evidence;
-use super::html::{Lane, Mark, MarkKind, Timeline};
-use super::input::{FileNote, FileRef, Limits, read_bundle};
+use super::html::{Lane, Mark, Timeline};
+use super::input::{BadEntry, FileNote, FileRef, Limits, read_bundle};
 use super::report::{
     BranchReport, ForkAt, InstanceReport, Point, Problem, Tolerated, Verdict as CcVerdict,
 };
@@ -121,6 +121,7 @@ impl Judged {
                 verdicts: Vec::new(),
                 serial_verdicts: Vec::new(),
                 problems: Vec::new(),
+                notes: Vec::new(),
                 timeline: None,
             },
             items: Vec::new(),
@@ -182,10 +183,29 @@ impl Judged {
                 }),
             }
         }
+        if !self.unreadable.is_empty() {
+            self.report.notes.push(if bundles.is_empty() {
+                format!(
+                    "none of its {} export(s) could be read (listed under unreadable): \
+                     nothing of this instance was judged",
+                    self.unreadable.len()
+                )
+            } else {
+                format!(
+                    "{} of its {} exports could not be read (listed under unreadable); it was \
+                     judged on the others",
+                    self.unreadable.len(),
+                    files.len()
+                )
+            });
+        }
+        let read_count = |bundles: &[(usize, super::input::ReadBundle)]| -> u64 {
+            bundles.iter().map(|(_, b)| b.entries.len() as u64).sum()
+        };
         // The key comes from the one genesis entry.
         let mut geneses: Vec<(usize, Entry)> = Vec::new();
         for (i, b) in &bundles {
-            for e in b.entries.iter().filter(|e| e.body.seq == 0) {
+            for e in b.entries.iter().flatten().filter(|e| e.body.seq == 0) {
                 if !geneses.iter().any(|(_, g)| g.hash == e.hash)
                     && e.body.instance == instance
                     && e.check(None).is_ok()
@@ -196,8 +216,7 @@ impl Judged {
         }
         let genesis = match geneses.len() {
             0 => {
-                self.report.entries_read =
-                    bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
+                self.report.entries_read = read_count(&bundles);
                 if !bundles.is_empty() {
                     self.load_problem(
                         None,
@@ -207,13 +226,23 @@ impl Judged {
                          (`vmledger ledger export` without --since)"
                             .into(),
                     );
+                    let mut named: Vec<String> = bundles
+                        .iter()
+                        .map(|(_, b)| b.serial.as_deref().unwrap_or("null").to_string())
+                        .collect();
+                    named.sort();
+                    named.dedup();
+                    self.report.notes.push(format!(
+                        "no export holds its genesis entry, so its serial cannot be verified: \
+                         the unsigned bundle headers name serial {}",
+                        named.join(", ")
+                    ));
                 }
                 return false;
             }
             1 => geneses.pop().map(|(_, g)| g),
             n => {
-                self.report.entries_read =
-                    bundles.iter().map(|(_, b)| b.entries.len() as u64).sum();
+                self.report.entries_read = read_count(&bundles);
                 self.load_problem(
                     None,
                     None,
@@ -241,15 +270,8 @@ impl Judged {
         self.key = Some(key);
         let key_b64 = keys::b64_encode(&key);
         self.report.public_key = Some(key_b64.clone());
-        let genesis_serial = genesis
-            .body
-            .data
-            .get("serial")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        if self.report.serial.is_none() {
-            self.report.serial = genesis_serial.clone();
-        }
+        // Header serial and highest seq of each bundle whose key agrees.
+        let mut headers: Vec<(usize, Option<String>, Option<u64>)> = Vec::new();
         for (i, b) in bundles {
             let f = &files[i];
             let n = b.entries.len() as u64;
@@ -267,20 +289,96 @@ impl Judged {
                 self.load_problems[p].excluded = n;
                 continue;
             }
-            if let (Some(gs), Some(bs)) = (&genesis_serial, &b.serial)
-                && gs != bs
-            {
-                self.load_problem(
-                    Some(f),
-                    None,
-                    format!("the bundle names serial {bs}, the instance's genesis entry {gs}"),
-                );
-            }
+            let last = b.entries.iter().flatten().map(|e| e.body.seq).max();
+            headers.push((i, b.serial, last));
             for e in b.entries {
-                self.add_entry(f, i as u32, e, instance, &key);
+                match e {
+                    Ok(e) => self.add_entry(f, i as u32, e, instance, &key),
+                    Err(bad) => self.bad_entry(f, bad),
+                }
             }
         }
+        self.check_serials(&genesis, files, &headers);
         true
+    }
+
+    /// An entry of `f` that could not be read as an entry.
+    fn bad_entry(&mut self, f: &FileRef, bad: BadEntry) {
+        self.report.entries_read += 1;
+        self.load_problems.push(Problem {
+            file: Some(f.path.display().to_string()),
+            seq: bad.seq,
+            hash: bad.hash.clone(),
+            problem: bad.reason,
+            excluded: 0,
+        });
+        if let Some(h) = bad.hash {
+            // Its descendants are counted as left out because of it.
+            self.rejected
+                .entry(h)
+                .or_insert(self.load_problems.len() - 1);
+        }
+    }
+
+    /// The instance's serial is what its signed ledger says: the genesis entry's
+    /// `data.serial`, or the latest `registered` entry's. A bundle header (unsigned) that
+    /// names another serial, or none, is a problem: the files were grouped by their
+    /// headers, so a wrong header may have kept this instance away from its serial's
+    /// other instances.
+    fn check_serials(
+        &mut self,
+        genesis: &Entry,
+        files: &[FileRef],
+        headers: &[(usize, Option<String>, Option<u64>)],
+    ) {
+        let data_serial = |e: &Entry| -> Option<String> {
+            e.body
+                .data
+                .get("serial")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let mut registered: Vec<(u64, String)> = self
+            .items
+            .iter()
+            .filter(|it| it.entry.body.kind == "registered")
+            .filter_map(|it| data_serial(&it.entry).map(|s| (it.entry.body.seq, s)))
+            .collect();
+        registered.sort();
+        let genesis_serial = data_serial(genesis);
+        // The serial as of seq `upto`: what a bundle ending there should name.
+        let signed_at = |upto: u64| -> (Option<String>, String) {
+            match registered.iter().rev().find(|(seq, _)| *seq <= upto) {
+                Some((seq, s)) => (
+                    Some(s.clone()),
+                    format!("its `registered` entry (seq {seq})"),
+                ),
+                None => (genesis_serial.clone(), "its genesis entry".to_string()),
+            }
+        };
+        self.report.serial = signed_at(u64::MAX).0;
+        let name = |s: &Option<String>| match s {
+            Some(s) => format!("serial {s}"),
+            None => "no serial (null)".to_string(),
+        };
+        for (i, header, last) in headers {
+            let (signed, source) = signed_at(last.unwrap_or(u64::MAX));
+            if *header == signed {
+                continue;
+            }
+            let f = &files[*i];
+            self.load_problem(
+                Some(f),
+                None,
+                format!(
+                    "the bundle's header names {}, but the instance's signed ledger ({source}) \
+                     says {}: the header is not signed and the files were grouped by it, so \
+                     this instance may not have been judged with its serial's other instances",
+                    name(header),
+                    name(&signed)
+                ),
+            );
+        }
     }
 
     fn add_entry(&mut self, f: &FileRef, file: u32, e: Entry, instance: &str, key: &[u8; 32]) {
@@ -728,7 +826,7 @@ impl Judged {
                 branch: loc.branch,
                 at: it.node.at,
                 seq: it.node.seq,
-                kind: MarkKind::of(&it.node.kind),
+                kind: it.node.kind.clone(),
             });
         }
         let at_of = |h: &str| self.by_hash.get(h).map(|i| self.items[*i as usize].node.at);
@@ -738,6 +836,7 @@ impl Judged {
             .iter()
             .map(|b| Lane {
                 branch: b.id,
+                label: format!("branch {}", b.id),
                 state: b.state.name().to_string(),
                 from: b.first.at,
                 to: b.tip.at,
@@ -772,6 +871,174 @@ impl Judged {
             lanes,
             marks,
             notes,
+            spans: Vec::new(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SigningKey;
+    use crate::ledger::entry::{Body, GENESIS_PREV};
+    use crate::ledger::export::EXPORT_FORMAT;
+    use std::path::Path;
+
+    const INST: &str = "00112233445566778899aabbccddeeff";
+
+    /// A ledger whose genesis names no serial, then `registered` SN-R at seq 2.
+    fn ledger(key: &SigningKey) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        for (seq, kind) in ["genesis", "boot", "registered", "checkin"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut data = serde_json::Map::new();
+            match kind {
+                "genesis" => {
+                    data.insert("public_key".into(), key.public_key_b64().into());
+                    data.insert("serial".into(), Value::Null);
+                }
+                "registered" => {
+                    data.insert("serial".into(), "SN-R".into());
+                }
+                _ => {}
+            }
+            let body = Body {
+                v: 1,
+                instance: INST.into(),
+                seq: seq as u64,
+                prev: out
+                    .last()
+                    .map_or(GENESIS_PREV.to_string(), |e| e.hash.clone()),
+                kind: kind.into(),
+                at: format!("2027-01-0{}T00:00:00.000Z", seq + 1),
+                boot_id: "b".into(),
+                uptime_ms: 1,
+                data,
+            };
+            out.push(Entry::seal(body, key).unwrap());
+        }
+        out
+    }
+
+    fn bundle(
+        dir: &Path,
+        name: &str,
+        serial: Option<&str>,
+        key: &SigningKey,
+        e: &[Entry],
+    ) -> FileRef {
+        let path = dir.join(name);
+        let doc = json!({"format": EXPORT_FORMAT, "serial": serial, "instance": INST,
+            "public_key": key.public_key_b64(), "exported_at": "x", "entries": e});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        FileRef {
+            path,
+            serial: serial.map(str::to_string),
+            instance: INST.into(),
+            public_key: key.public_key_b64(),
+            bytes: 0,
+        }
+    }
+
+    fn judge(files: &[FileRef]) -> InstanceReport {
+        let policy = Policy::default();
+        let ctx = Ctx {
+            policy: &policy,
+            full: false,
+            limits: Limits::default(),
+            timelines: false,
+        };
+        Judged::judge(INST, files[0].serial.as_deref(), files, &ctx).report
+    }
+
+    #[test]
+    fn the_serial_is_the_signed_one_and_headers_that_disagree_are_problems() {
+        let d = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_seed(&[5; 32]);
+        let e = ledger(&key);
+        // Exported before the registration (no serial) and after it (SN-R): both right.
+        let early = bundle(d.path(), "early.json", None, &key, &e[..2]);
+        let late = bundle(d.path(), "late.json", Some("SN-R"), &key, &e);
+        let r = judge(&[late.clone(), early.clone()]);
+        assert_eq!(r.verdict, CcVerdict::Clean, "{:?}", r.problems);
+        assert_eq!(r.serial.as_deref(), Some("SN-R"));
+        assert!(r.problems.is_empty() && r.notes.is_empty());
+
+        // A header that names no serial after the registration, or another serial, or a
+        // serial before it: problems naming the file, the instance is invalid.
+        for (file, header, says) in [
+            ("late-null.json", None, "no serial (null)"),
+            ("late-other.json", Some("SN-X"), "serial SN-X"),
+        ] {
+            let f = bundle(d.path(), file, header, &key, &e);
+            let r = judge(&[late.clone(), f]);
+            assert_eq!(r.verdict, CcVerdict::Invalid);
+            assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+            let p = &r.problems[0];
+            assert!(p.file.as_deref().unwrap().ends_with(file));
+            assert!(p.problem.contains(says), "{}", p.problem);
+            assert!(p.problem.contains("says serial SN-R"), "{}", p.problem);
+            assert!(
+                p.problem.contains("`registered` entry (seq 2)"),
+                "{}",
+                p.problem
+            );
+            assert_eq!(r.entries, 4, "the entries are still judged");
+        }
+        let f = bundle(d.path(), "early-sn.json", Some("SN-R"), &key, &e[..2]);
+        let r = judge(&[f]);
+        assert_eq!(r.verdict, CcVerdict::Invalid);
+        assert!(
+            r.problems[0].problem.contains("its genesis entry"),
+            "{:?}",
+            r.problems
+        );
+
+        // No export holds the genesis: invalid, and the notes say the serial is unverified.
+        let f = bundle(d.path(), "tail.json", Some("SN-R"), &key, &e[1..]);
+        let r = judge(&[f]);
+        assert_eq!(r.verdict, CcVerdict::Invalid);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("serial cannot be verified") && n.contains("SN-R")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn a_malformed_entry_is_a_problem_and_the_others_are_judged() {
+        let d = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_seed(&[6; 32]);
+        let e = ledger(&key);
+        let path = d.path().join("a.json");
+        let mut doc = json!({"format": EXPORT_FORMAT, "serial": "SN-R", "instance": INST,
+            "public_key": key.public_key_b64(), "exported_at": "x", "entries": e});
+        doc["entries"][1].as_object_mut().unwrap().remove("sig");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let f = FileRef {
+            path,
+            serial: Some("SN-R".into()),
+            instance: INST.into(),
+            public_key: key.public_key_b64(),
+            bytes: 0,
+        };
+        let r = judge(std::slice::from_ref(&f));
+        assert_eq!(r.verdict, CcVerdict::Invalid);
+        let p = &r.problems[0];
+        assert_eq!(p.seq, Some(1));
+        assert_eq!(p.hash.as_deref(), Some(e[1].hash.as_str()));
+        assert!(p.problem.contains("entry 1 of the bundle"), "{}", p.problem);
+        assert_eq!(p.excluded, 2, "its descendants are left out because of it");
+        assert_eq!((r.entries_read, r.entries), (4, 1));
+        // A good copy in another export: everything is judged, the bad copy still shows.
+        let good = bundle(d.path(), "b.json", Some("SN-R"), &key, &e);
+        let r = judge(&[f, good]);
+        assert_eq!(r.verdict, CcVerdict::Invalid);
+        assert_eq!(r.entries, 4);
+        assert_eq!(r.problems.len(), 1);
     }
 }

@@ -161,6 +161,10 @@ pub struct InstanceReport {
     /// Serial-level verdicts that concern this instance (their ids).
     pub serial_verdicts: Vec<String>,
     pub problems: Vec<Problem>,
+    /// Remarks that do not change the verdict: exports of it that could not be read, a
+    /// serial that could not be verified.
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// Lanes and marks for the HTML report (kept only when one is written).
     #[serde(skip)]
     pub timeline: Option<super::html::Timeline>,
@@ -174,6 +178,10 @@ pub struct SerialReport {
     pub instances: Vec<InstanceReport>,
     /// Serial-level verdicts (rule 4), each a `vmledger-evidence/v1` document.
     pub verdicts: Vec<Value>,
+    /// One lane per instance for the HTML report, when it has a serial-level verdict
+    /// (kept only when one is written).
+    #[serde(skip)]
+    pub timeline: Option<super::html::Timeline>,
 }
 
 /// Counts per verdict (every verdict present, zeros included).
@@ -254,7 +262,8 @@ pub struct Summary {
     pub serials: Counts,
     /// Instances with a flagged verdict.
     pub flagged: u64,
-    /// 0 nothing flagged, 1 something flagged, 2 some input could not be read.
+    /// 1 something flagged (whatever else happened), else 2 when some input could not be
+    /// read or no export bundle was found at all, else 0.
     pub exit_code: u8,
 }
 
@@ -277,15 +286,43 @@ impl Summary {
         }
     }
 
-    /// Decide the exit code: unreadable input (2) over flagged verdicts (1).
+    /// Decide the exit code: a violation or invalid ledger (1) over unreadable input or
+    /// no bundles at all (2) over nothing flagged (0).
     pub fn decide(&mut self) {
-        self.exit_code = if self.unreadable > 0 {
-            2
-        } else if self.serials.any_flagged() {
+        self.exit_code = if self.serials.any_flagged() {
             1
+        } else if self.unreadable > 0 || self.nothing_found() {
+            2
         } else {
             0
         };
+    }
+
+    /// No export bundle was found (an empty directory, only other documents).
+    pub fn nothing_found(&self) -> bool {
+        self.files == 0 && self.unreadable == 0
+    }
+
+    /// The one-line result, in words.
+    pub fn result(&self) -> String {
+        let unreadable = |s: &str| match self.unreadable {
+            0 => String::new(),
+            n => format!("{s}{n} file(s) could not be read"),
+        };
+        match self.exit_code {
+            0 => "nothing flagged".into(),
+            1 => format!(
+                "violations or invalid ledgers found{} (exit 1)",
+                unreadable("; also, ")
+            ),
+            _ if self.nothing_found() => format!(
+                "no export bundles were found ({} other file(s) skipped); name the files or \
+                 directories that hold the {} exports (exit 2)",
+                self.skipped,
+                crate::ledger::export::EXPORT_FORMAT
+            ),
+            _ => format!("{}; nothing flagged in the rest (exit 2)", unreadable("")),
+        }
     }
 }
 
@@ -386,7 +423,7 @@ impl<W: Write> Sink for TextSink<W> {
         let show: Vec<&InstanceReport> = s
             .instances
             .iter()
-            .filter(|i| self.all || i.verdict != Verdict::Clean)
+            .filter(|i| self.all || i.verdict != Verdict::Clean || !i.notes.is_empty())
             .collect();
         if show.is_empty() && s.verdicts.is_empty() {
             return Ok(());
@@ -446,6 +483,9 @@ impl<W: Write> Sink for TextSink<W> {
                     }
                 )?;
             }
+            for n in &i.notes {
+                writeln!(self.w, "    note: {n}")?;
+            }
         }
         for v in &s.verdicts {
             writeln!(
@@ -500,15 +540,7 @@ impl<W: Write> Sink for TextSink<W> {
             summary.serials.total(),
             counts(&summary.serials)
         )?;
-        writeln!(
-            self.w,
-            "{}",
-            match summary.exit_code {
-                0 => "result: nothing flagged",
-                1 => "result: violations or invalid ledgers found (exit 1)",
-                _ => "result: some files could not be read; the rest was judged (exit 2)",
-            }
-        )?;
+        writeln!(self.w, "result: {}", summary.result())?;
         self.w.flush()
     }
 }

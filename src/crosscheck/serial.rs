@@ -7,10 +7,11 @@
 use serde_json::Value;
 
 use super::evidence;
+use super::html::{Lane, Mark, Timeline};
 use super::input::{FileNote, FileRef};
 use super::instance::{Ctx, Judged};
 use super::report::{SerialReport, Verdict};
-use crate::rules::{SerialDecision, SerialState, SerialVerdict};
+use crate::rules::{BranchId, SerialDecision, SerialState, SerialVerdict};
 use crate::service::checkin::serial_verdict_id;
 
 /// The bundles of one serial, grouped by instance (both sorted).
@@ -28,13 +29,15 @@ pub fn judge_group(g: &Group, ctx: &Ctx) -> (SerialReport, Vec<FileNote>) {
         .map(|(inst, files)| Judged::judge(inst, g.serial.as_deref(), files, ctx))
         .collect();
     let mut verdicts: Vec<(SerialVerdict, Value)> = Vec::new();
+    let mut state = None;
     if let Some(serial) = &g.serial
         && judged.len() > 1
     {
         // A bad signature found on an entry cited as evidence leaves it out: judge again.
         for _ in 0..=judged.iter().map(|j| j.items.len()).sum::<usize>() {
-            let (vs, bad) = replay(serial, &mut judged, ctx);
+            let (vs, bad, st) = replay(serial, &mut judged, ctx);
             verdicts = vs;
+            state = Some(st);
             if bad.is_empty() {
                 break;
             }
@@ -54,6 +57,10 @@ pub fn judge_group(g: &Group, ctx: &Ctx) -> (SerialReport, Vec<FileNote>) {
             }
         }
     }
+    let timeline = match &state {
+        Some(st) if ctx.timelines && !verdicts.is_empty() => Some(timeline(&judged, st, &verdicts)),
+        _ => None,
+    };
     let mut unreadable = Vec::new();
     let mut instances = Vec::new();
     for mut j in judged {
@@ -74,19 +81,101 @@ pub fn judge_group(g: &Group, ctx: &Ctx) -> (SerialReport, Vec<FileNote>) {
             verdict,
             instances,
             verdicts: verdicts.into_iter().map(|(_, d)| d).collect(),
+            timeline,
         },
         unreadable,
     )
 }
 
+/// One lane per instance (from its first entry to its last, its entries as marks), the
+/// entries that decided each serial-level verdict labelled, and the time both instances
+/// of each verdict were in use (where their lanes overlap, and at least from the newer
+/// one's first entry to the older one's entry that triggered the verdict) shaded.
+fn timeline(judged: &[Judged], st: &SerialState, verdicts: &[(SerialVerdict, Value)]) -> Timeline {
+    let mut lanes = Vec::new();
+    let mut marks = Vec::new();
+    let lane_of = |inst: &str| {
+        judged
+            .iter()
+            .position(|j| j.report.instance == inst)
+            .map(|i| i as BranchId)
+    };
+    for (n, j) in judged.iter().enumerate() {
+        let node = |i: &u32| &j.items[*i as usize].node;
+        let (Some(first), Some(last)) = (j.replay.first().map(node), j.replay.last().map(node))
+        else {
+            continue;
+        };
+        let state = st
+            .members
+            .iter()
+            .find(|m| m.instance == j.report.instance)
+            .map_or("-", |m| m.state.name());
+        lanes.push(Lane {
+            branch: n as BranchId,
+            label: format!(
+                "instance {}…",
+                j.report.instance.get(..12).unwrap_or_default()
+            ),
+            state: state.to_string(),
+            from: first.at,
+            to: last.at,
+            fork: None,
+        });
+        marks.extend(j.replay.iter().map(node).map(|nd| Mark {
+            branch: n as BranchId,
+            at: nd.at,
+            seq: nd.seq,
+            kind: nd.kind.clone(),
+        }));
+    }
+    let mut notes = Vec::new();
+    let mut spans = Vec::new();
+    let extent = |l: Option<BranchId>| {
+        l.and_then(|l| lanes.iter().find(|x| x.branch == l))
+            .map(|x| (x.from, x.to))
+    };
+    for (v, _) in verdicts {
+        let (tl, wl) = (lane_of(&v.trigger_instance), lane_of(&v.witness_instance));
+        if let Some(l) = tl {
+            notes.push((
+                l,
+                v.trigger.at,
+                format!("{} ({}), s{}", v.kind.as_str(), v.rule.code(), v.number),
+            ));
+        }
+        if let (Some(w), Some(l)) = (&v.witness, wl) {
+            notes.push((l, w.at, format!("newer instance, s{}", v.number)));
+        }
+        // Both instances ran while both lanes run; at least from the newer one's first
+        // entry to the older one's entry that triggered the verdict.
+        if let (Some(a), Some(b)) = (extent(tl), extent(wl)) {
+            let from = a.0.max(b.0).min(v.trigger.at);
+            let to = a.1.min(b.1).max(v.trigger.at);
+            let what = match v.kind {
+                crate::rules::Kind::Switching => "both instances in use, in turns",
+                _ => "both instances ran",
+            };
+            spans.push((from, to, format!("s{}: {what}", v.number)));
+        }
+    }
+    Timeline {
+        lanes,
+        marks,
+        notes,
+        spans,
+    }
+}
+
 /// Replay every instance's valid entries by (`at`, seq, instance, hash). Returns the
 /// verdicts with their evidence, and the instances in which a cited entry failed its
 /// signature check.
+/// The final serial state comes last.
 fn replay(
     serial: &str,
     judged: &mut [Judged],
     ctx: &Ctx,
-) -> (Vec<(SerialVerdict, Value)>, Vec<usize>) {
+) -> (Vec<(SerialVerdict, Value)>, Vec<usize>, SerialState) {
     let mut merged: Vec<(usize, u32)> = Vec::new();
     for (j, inst) in judged.iter().enumerate() {
         merged.extend(inst.replay.iter().map(|i| (j, *i)));
@@ -135,5 +224,5 @@ fn replay(
     }
     bad.sort_unstable();
     bad.dedup();
-    (out, bad)
+    (out, bad, st)
 }

@@ -77,7 +77,8 @@ pub struct Score {
     pub format: String,
     pub instances: Confusion,
     pub serials: Confusion,
-    /// Up to 50 disagreements: (scope, id, scenario, truth, verdict).
+    /// Up to 50 disagreements: (scope `instance` or `serial`, instance or serial, scenario
+    /// as in the label file, truth, verdict or `None` when the report lacks it).
     pub disagreements: Vec<(String, String, String, Verdict, Option<Verdict>)>,
 }
 
@@ -133,6 +134,14 @@ fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ScoreError> {
     })
 }
 
+/// A scenario as the label file names it (`concurrent_install`).
+fn scenario_name(s: super::Scenario) -> String {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{s:?}"),
+    }
+}
+
 /// Score the cross-check report at `report` against the label file at `labels`.
 pub fn score(labels: &Path, report: &Path) -> Result<Score, ScoreError> {
     let l: Labels = read(labels)?;
@@ -172,7 +181,7 @@ pub fn score(labels: &Path, report: &Path) -> Result<Score, ScoreError> {
             out.disagreements.push((
                 "instance".into(),
                 i.instance.clone(),
-                format!("{:?}", i.scenario),
+                scenario_name(i.scenario),
                 i.expected,
                 got,
             ));
@@ -185,7 +194,7 @@ pub fn score(labels: &Path, report: &Path) -> Result<Score, ScoreError> {
             out.disagreements.push((
                 "serial".into(),
                 s.serial.clone(),
-                format!("{:?}", s.scenario),
+                scenario_name(s.scenario),
                 s.expected,
                 got,
             ));
