@@ -4,8 +4,8 @@
 //! the files come in:
 //! 1. [`scan`]: walk the paths and read each file's *header* only (`format`, `serial`,
 //!    `instance`, `public_key`): the reader stops at `entries` once the header is known,
-//!    so this costs a few hundred bytes per file. The result is the index the caller
-//!    groups by serial and instance.
+//!    so this costs a few hundred bytes per file. Each header goes to the caller, which
+//!    indexes and groups them by serial and instance ([`super::index`]).
 //! 2. [`read_bundle`]: read one whole bundle (one instance's file). Entries are read one
 //!    by one: a malformed entry (a missing member, an extra one, a seq beyond 2^64) is a
 //!    [`BadEntry`] naming its index, and the bundle's other entries are still returned.
@@ -131,11 +131,9 @@ pub struct FileNote {
     pub reason: String,
 }
 
-/// What [`scan`] found.
+/// What [`scan`] found besides the bundles (which go to the caller one by one).
 #[derive(Debug, Default)]
 pub struct Scan {
-    /// Bundles whose header is valid (their entries are read later).
-    pub bundles: Vec<FileRef>,
     /// Files found in directories that are not export bundles (documents of a known other
     /// vmledger format, files not named `*.json`).
     pub skipped: Vec<FileNote>,
@@ -152,20 +150,30 @@ pub struct PathError {
     pub message: String,
 }
 
+/// Headers read in parallel at a time (bounds the scan's memory whatever the fleet).
+const BATCH: usize = 4096;
+
 /// Walk `paths` (files as given; directories recursively, in name order, taking
-/// `*.json` files and never following symbolic links) and read every header.
-/// The scan itself runs on the rayon pool.
-pub fn scan(paths: &[PathBuf], limits: Limits) -> Result<Scan, PathError> {
-    use rayon::prelude::*;
-    let mut candidates: Vec<(PathBuf, bool)> = Vec::new();
+/// `*.json` files and never following symbolic links), read every header, and hand each
+/// bundle's [`FileRef`] to `found` in walk order. Headers are read on the rayon pool in
+/// batches of [`BATCH`] files.
+pub fn scan<E: From<PathError>>(
+    paths: &[PathBuf],
+    limits: Limits,
+    found: &mut dyn FnMut(FileRef) -> Result<(), E>,
+) -> Result<Scan, E> {
     let mut out = Scan::default();
+    let mut batch: Vec<(PathBuf, bool)> = Vec::with_capacity(BATCH);
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| PathError {
             path: p.display().to_string(),
             message: format!("{e}; name export bundles (files) or directories holding them"),
         })?;
         if !meta.is_dir() {
-            candidates.push((p.clone(), true));
+            batch.push((p.clone(), true));
+            if batch.len() >= BATCH {
+                read_batch(&mut batch, limits, &mut out, found)?;
+            }
             continue;
         }
         for item in walkdir::WalkDir::new(p)
@@ -180,7 +188,10 @@ pub fn scan(paths: &[PathBuf], limits: Limits) -> Result<Scan, PathError> {
                         .and_then(|x| x.to_str())
                         .is_some_and(|x| x.eq_ignore_ascii_case("json"));
                     if is_json {
-                        candidates.push((e.into_path(), false));
+                        batch.push((e.into_path(), false));
+                        if batch.len() >= BATCH {
+                            read_batch(&mut batch, limits, &mut out, found)?;
+                        }
                     } else {
                         out.skipped.push(FileNote {
                             path: e.path().display().to_string(),
@@ -198,8 +209,20 @@ pub fn scan(paths: &[PathBuf], limits: Limits) -> Result<Scan, PathError> {
             }
         }
     }
-    let results: Vec<(PathBuf, bool, Result<FileRef, Refused>)> = candidates
-        .into_par_iter()
+    read_batch(&mut batch, limits, &mut out, found)?;
+    Ok(out)
+}
+
+/// Read the headers of `batch` in parallel and pass them on in order; empties `batch`.
+fn read_batch<E>(
+    batch: &mut Vec<(PathBuf, bool)>,
+    limits: Limits,
+    out: &mut Scan,
+    found: &mut dyn FnMut(FileRef) -> Result<(), E>,
+) -> Result<(), E> {
+    use rayon::prelude::*;
+    let results: Vec<(PathBuf, bool, Result<FileRef, Refused>)> = batch
+        .par_drain(..)
         .map(|(path, explicit)| {
             let r = read_header(&path, limits);
             (path, explicit, r)
@@ -207,7 +230,7 @@ pub fn scan(paths: &[PathBuf], limits: Limits) -> Result<Scan, PathError> {
         .collect();
     for (path, explicit, r) in results {
         match r {
-            Ok(f) => out.bundles.push(f),
+            Ok(f) => found(f)?,
             Err(Refused::OtherDocument(what)) if !explicit => out.skipped.push(FileNote {
                 path: path.display().to_string(),
                 reason: what,
@@ -222,7 +245,7 @@ pub fn scan(paths: &[PathBuf], limits: Limits) -> Result<Scan, PathError> {
             }),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Why a file is not used.

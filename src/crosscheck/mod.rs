@@ -5,11 +5,12 @@
 //! arrival times. Verdicts (`clean | restored | concurrent_duplicate | switching |
 //! invalid`) come with `vmledger-evidence/v1` documents that re-verify offline.
 //!
-//! Streaming: [`input::scan`] reads only each file's header and the files are grouped by
-//! serial and instance; then groups are judged in parallel (rayon) in ordered chunks and
-//! handed to a [`report::Sink`] one by one. Memory is bounded by the largest group
-//! (a serial's instances; usually one instance) plus a small index entry per file, not by
-//! the fleet.
+//! Streaming: [`input::scan`] reads only each file's header, [`index::Index`] groups the
+//! files by serial and instance (in memory for a small fleet, else through hash
+//! partitions on disk, one partition in memory at a time); then groups are judged in
+//! parallel (rayon) in ordered chunks and handed to a [`report::Sink`] one by one. Memory
+//! is bounded by the largest group (a serial's instances; usually one instance) and one
+//! index partition, not by the fleet.
 //!
 //! Modules: `input` (finding and reading bundles), `instance` (checks and the
 //! instance-level replay), `serial` (the serial-level replay), `evidence` (documents),
@@ -18,6 +19,7 @@
 
 pub mod evidence;
 pub mod html;
+pub mod index;
 pub mod input;
 pub mod instance;
 pub mod policy;
@@ -56,6 +58,14 @@ pub enum CrosscheckError {
     Path(#[from] input::PathError),
     #[error("cannot write the report: {0}")]
     Write(#[source] std::io::Error),
+    #[error("cannot keep the file index: {0}")]
+    Index(#[source] std::io::Error),
+}
+
+impl From<std::io::Error> for CrosscheckError {
+    fn from(e: std::io::Error) -> Self {
+        CrosscheckError::Index(e)
+    }
 }
 
 /// Group bundle files by serial and instance (an instance whose files name several
@@ -96,10 +106,13 @@ pub fn run(
     opts: &Options,
     sink: &mut dyn Sink,
 ) -> Result<Summary, CrosscheckError> {
-    let scan = input::scan(paths, opts.limits)?;
+    let mut index = index::Index::new();
+    let scan = input::scan(paths, opts.limits, &mut |f| {
+        index.push(f).map_err(CrosscheckError::Index)
+    })?;
     let mut summary = Summary {
-        files: scan.bundles.len() as u64,
-        bytes: scan.bundles.iter().map(|b| b.bytes).sum(),
+        files: index.files(),
+        bytes: index.bytes(),
         skipped: scan.skipped.len() as u64,
         unreadable: scan.unreadable.len() as u64,
         ..Summary::default()
@@ -112,25 +125,27 @@ pub fn run(
         unreadable: scan.unreadable,
     };
     sink.begin(&head).map_err(CrosscheckError::Write)?;
-    let groups = group(scan.bundles);
     let ctx = instance::Ctx {
         policy: &opts.policy,
         full: opts.full,
         limits: opts.limits,
         timelines: opts.timelines,
     };
-    for chunk in groups.chunks(CHUNK) {
-        let results: Vec<(SerialReport, Vec<input::FileNote>)> = chunk
-            .par_iter()
-            .map(|g| serial::judge_group(g, &ctx))
-            .collect();
-        for (r, unreadable) in results {
-            summary.unreadable += unreadable.len() as u64;
-            head.unreadable.extend(unreadable);
-            summary.add(&r);
-            sink.serial(&r).map_err(CrosscheckError::Write)?;
+    index.for_each_partition::<CrosscheckError>(&mut |groups: Vec<Group>| {
+        for chunk in groups.chunks(CHUNK) {
+            let results: Vec<(SerialReport, Vec<input::FileNote>)> = chunk
+                .par_iter()
+                .map(|g| serial::judge_group(g, &ctx))
+                .collect();
+            for (r, unreadable) in results {
+                summary.unreadable += unreadable.len() as u64;
+                head.unreadable.extend(unreadable);
+                summary.add(&r);
+                sink.serial(&r).map_err(CrosscheckError::Write)?;
+            }
         }
-    }
+        Ok(())
+    })?;
     summary.decide();
     sink.finish(&head, &summary)
         .map_err(CrosscheckError::Write)?;
