@@ -443,12 +443,15 @@ impl Snapshot {
                 fs::create_dir(path)?;
                 set_owner_and_mode(path, *owner, Some(*mode))
             }
-            (Node::File {
-                sha256,
-                mode,
-                owner,
-                ..
-            }, other) => {
+            (
+                Node::File {
+                    sha256,
+                    mode,
+                    owner,
+                    ..
+                },
+                other,
+            ) => {
                 let bytes = fs::read(self.store.join("blobs").join(sha256))?;
                 if matches!(other, Some(Node::Dir { .. })) {
                     fs::remove_dir_all(path)?;
@@ -727,7 +730,17 @@ pub fn run(
                     change,
                     at_start: true,
                 };
-                block(inst, ledger, clock, opts, &obs, snap, &b, &mut watches, &mut on_event)?;
+                block(
+                    inst,
+                    ledger,
+                    clock,
+                    opts,
+                    &obs,
+                    snap,
+                    &b,
+                    &mut watches,
+                    &mut on_event,
+                )?;
                 recorded += 1;
             }
         }
@@ -806,7 +819,17 @@ pub fn run(
                 change,
                 at_start: false,
             };
-            block(inst, ledger, clock, opts, &obs, snap, &b, &mut watches, &mut on_event)?;
+            block(
+                inst,
+                ledger,
+                clock,
+                opts,
+                &obs,
+                snap,
+                &b,
+                &mut watches,
+                &mut on_event,
+            )?;
             recorded += 1;
         }
     }

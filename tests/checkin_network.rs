@@ -320,3 +320,68 @@ fn plain_http_is_only_for_loopback() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--service-key"), "{}", r.stderr);
 }
+
+/// Over HTTP, a service (or something in its place) answering with an earlier receipt
+/// (replayed: another request's nonce) or a fresh one whose server time is older than
+/// the newest receipt held (stale) is refused: recorded as `checkin_failed` with the
+/// reason, the license state unchanged, the ledger intact.
+#[test]
+fn replayed_and_stale_receipts_over_http_are_rejected() {
+    let mut v = Vendor::new();
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    init(&sb, &url, &v);
+    let server = std::thread::spawn(move || {
+        let mut first = None;
+        for (i, s) in listener.incoming().enumerate() {
+            let s = s.unwrap();
+            let (_, body) = read_request(&s);
+            let req: CheckinRequest = serde_json::from_slice(&body).unwrap();
+            let receipt = match i {
+                // A genuine answer, server time now.
+                0 => {
+                    let r = v.answer(&req, &now(), Answer::default());
+                    first = Some(r.clone());
+                    r
+                }
+                // The same receipt again, for a new request.
+                1 => first.clone().unwrap(),
+                // A correctly signed answer to this request, dated a day back.
+                2 => {
+                    let old = vmledger::time::format_at(
+                        vmledger::time::truncate_ms(chrono::Utc::now()) - chrono::Duration::days(1),
+                    );
+                    v.answer(&req, &old, Answer::default())
+                }
+                _ => unreachable!(),
+            };
+            respond(&s, 200, &serde_json::to_vec(&receipt).unwrap());
+            if i == 2 {
+                return;
+            }
+        }
+    });
+    let checkin = || run_with_deadline(sb.cmd(["checkin", "--json"]).cmd, Duration::from_secs(60));
+    let r = checkin();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let lease = r.json()["receipt"].clone();
+    for reason in ["nonce_mismatch", "stale"] {
+        let r = checkin();
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let doc = r.json();
+        assert_eq!(doc["reason"], reason, "{doc}");
+        assert_eq!(doc["state"], "active");
+        assert!(r.stderr.contains(reason), "{}", r.stderr);
+        let f = last_failure(&sb);
+        assert_eq!(f["reason"], reason);
+        assert_eq!(f["via"], "network");
+        assert!(f["receipt"].is_string(), "{f}");
+    }
+    server.join().unwrap();
+    assert_eq!(entries_of(&sb, "checkin").len(), 1);
+    let s = sb.cmd(["status", "--json"]).ok().json();
+    assert_eq!(s["last_receipt"], lease);
+    assert_eq!(s["last_checkin_failure"]["reason"], "stale");
+    sb.cmd(["ledger", "verify"]).ok();
+}

@@ -364,7 +364,13 @@ fn local_settings_cannot_lift_a_recorded_disable_or_lock() {
         next_checkin_before: Some("2030-08-11T00:00:00.000Z".into()),
         ..Answer::default()
     };
-    checkin(&sb, &mut v, "2030-08-01 01:00:00", "2030-08-01T01:00:00.000Z", a);
+    checkin(
+        &sb,
+        &mut v,
+        "2030-08-01 01:00:00",
+        "2030-08-01T01:00:00.000Z",
+        a,
+    );
     assert_eq!(gate(&sb, "2030-08-14 23:59:00").code, 0);
     assert_eq!(gate(&sb, "2030-08-15 00:00:01").code, 4);
     let disabled = entries_of(&sb, "disabled").len();
@@ -432,7 +438,10 @@ fn local_settings_cannot_lift_a_recorded_disable_or_lock() {
     // locked, and no `unlocked` is recorded.
     assert_eq!(gate(&sb, "2030-09-03 03:00:00").code, 3);
     let s = status(&sb, "2030-09-03 03:01:00");
-    assert_eq!((&s["state"], &s["reason"]), (&"locked".into(), &"checkin_overdue".into()));
+    assert_eq!(
+        (&s["state"], &s["reason"]),
+        (&"locked".into(), &"checkin_overdue".into())
+    );
     assert!(entries_of(&sb, "unlocked").is_empty());
     // Only a check-in lifts it.
     checkin(
@@ -460,7 +469,13 @@ fn local_settings_cannot_lift_a_recorded_disable_or_lock() {
         next_checkin_before: Some("2030-08-11T00:00:00.000Z".into()),
         ..Answer::default()
     };
-    checkin(&sb2, &mut v, "2030-08-01 01:00:00", "2030-08-01T01:00:00.000Z", a);
+    checkin(
+        &sb2,
+        &mut v,
+        "2030-08-01 01:00:00",
+        "2030-08-01T01:00:00.000Z",
+        a,
+    );
     let g = faked_env(
         &sb2,
         "2030-08-02 00:00:01",
@@ -470,8 +485,111 @@ fn local_settings_cannot_lift_a_recorded_disable_or_lock() {
     assert_eq!(g.code, 4, "{}", g.stderr);
     assert_eq!(gate(&sb2, "2030-08-02 00:01:00").code, 4);
     let s = status(&sb2, "2030-08-02 00:02:00");
-    assert_eq!((&s["state"], &s["reason"]), (&"disabled".into(), &"sla_expired".into()));
+    assert_eq!(
+        (&s["state"], &s["reason"]),
+        (&"disabled".into(), &"sla_expired".into())
+    );
     assert!(entries_of(&sb2, "reenabled").is_empty());
     assert!(disabled >= 1);
     sb2.cmd(["ledger", "verify"]).ok();
+}
+
+#[test]
+fn checkin_records_transitions_due_under_the_old_receipt_first() {
+    let sb = Sandbox::new();
+    let mut v = Vendor::new();
+    faked(
+        &sb,
+        "2030-10-01 00:00:00",
+        ["init", "--serial", "SN-7", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    checkin(
+        &sb,
+        &mut v,
+        "2030-10-01 01:00:00",
+        "2030-10-01T01:00:00.000Z",
+        Answer::default(),
+    );
+    // Nothing runs for ten days; then a check-in through files. The request already
+    // carries the countdown and the lock, with the instants they took effect.
+    let req = checkin(
+        &sb,
+        &mut v,
+        "2030-10-11 12:00:00",
+        "2030-10-11T12:00:05.000Z",
+        Answer::default(),
+    );
+    let sent: Vec<(&str, &str)> = req
+        .body
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.body.kind.as_str(),
+                e.body
+                    .data
+                    .get("effective_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent[sent.len() - 2..],
+        [
+            ("countdown_started", "2030-10-02T01:00:00.000Z"),
+            ("locked", "2030-10-09T01:00:00.000Z")
+        ],
+        "{sent:?}"
+    );
+    let kinds: Vec<String> = common::vendor::entries(&sb)
+        .iter()
+        .map(|e| e["body"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        ["countdown_started", "locked", "checkin", "unlocked"]
+    );
+    assert_eq!(gate(&sb, "2030-10-11 12:01:00").code, 0);
+}
+
+/// The `checkin` entry is stamped no earlier than the receipt's server time, so the
+/// ledger's time carries the service's clock forward (also past a reboot, when the
+/// receipt's uptime reference is gone); a system clock behind it is an anomaly.
+#[test]
+fn checkin_entry_time_is_at_least_the_receipts_server_time() {
+    let sb = Sandbox::new();
+    let mut v = Vendor::new();
+    faked(
+        &sb,
+        "2030-11-01 10:00:00",
+        ["init", "--serial", "SN-8", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    // The appliance's clock is two hours slow.
+    checkin(
+        &sb,
+        &mut v,
+        "2030-11-01 10:00:00",
+        "2030-11-01T12:00:00.000Z",
+        Answer::default(),
+    );
+    let c = last_of(&sb, "checkin");
+    let at = c["body"]["at"].as_str().unwrap();
+    assert!(at >= "2030-11-01T12:00:00.000Z", "{c}");
+    // Every later entry is at least as late; the slow clock is recorded as an anomaly.
+    faked(&sb, "2030-11-01 10:01:00", ["boot"]).ok();
+    assert!(last_of(&sb, "boot")["body"]["at"].as_str().unwrap() >= at);
+    let a = last_of(&sb, "clock_anomaly");
+    assert!(
+        a["body"]["data"]["system_clock"]
+            .as_str()
+            .unwrap()
+            .starts_with("2030-11-01T10:0"),
+        "{a}"
+    );
+    sb.cmd(["ledger", "verify"]).ok();
 }

@@ -265,8 +265,14 @@ fn changes_made_while_not_watching_are_found_at_start() {
         want.map(|(p, k)| (p.to_string(), k.to_string())),
         "one entry per change, nothing below a created or removed directory"
     );
-    assert_eq!(std::fs::read_to_string(dir.join("a.conf")).unwrap(), "a = 1\n");
-    assert_eq!(std::fs::read_to_string(dir.join("b.conf")).unwrap(), "b = 2\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a.conf")).unwrap(),
+        "a = 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b.conf")).unwrap(),
+        "b = 2\n"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("sub/c.conf")).unwrap(),
         "c = 3\n"

@@ -209,7 +209,8 @@ fn check_receipts(
             }));
         }
         let n = r.body.acked_seq;
-        let truncated = format!("the ledger was truncated after seq {n} was acknowledged by the service");
+        let truncated =
+            format!("the ledger was truncated after seq {n} was acknowledged by the service");
         match ledger.entry(n)? {
             None => {
                 return Ok(Some(BadEntry {

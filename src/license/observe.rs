@@ -20,9 +20,7 @@ use rusqlite::OptionalExtension;
 use serde_json::{Map, Value, json};
 
 use super::trusted::{self, Reference, TimeInputs, TrustedNow};
-use super::{
-    Evaluation, Facts, Lease, Policy, Recorded, State, breakpoints, evaluate, transition,
-};
+use super::{Evaluation, Facts, Lease, Policy, Recorded, State, breakpoints, evaluate, transition};
 use crate::identity::{Instance, StateDir};
 use crate::ledger::{CLOCK_ANOMALY_THRESHOLD, Entry, Ledger, LedgerError};
 use crate::time::{self, Clock, KernelClock};
