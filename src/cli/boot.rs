@@ -46,10 +46,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         .pop()
         .expect("append_trusted returns the entry");
     let mut agent = Agent { cfg, inst, ledger };
-    // Record what changed while the appliance was off (a countdown that started, a lock
-    // that began under the old receipt) before the check-in changes the facts: the
-    // history explains itself and the service receives it.
-    agent.observe(&clock)?;
+    // Record what changed while the appliance was off (a lock that began under the old
+    // receipt, an SLA that ended) before the check-in changes the facts: the history
+    // explains itself and the service receives it.
+    agent.observe_before_checkin(&clock)?;
 
     // Check in at boot when a service URL and key are configured: bounded, best effort.
     let service = agent.service()?;

@@ -38,10 +38,15 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let mut agent = Agent::open(ctx)?;
     let service = agent.service()?;
     let clock = SystemClock;
-    // Record the transitions due under the current receipt (a countdown that started, a
-    // lock that began while nothing ran) before the check-in changes the facts; a request
-    // then carries them to the service.
-    agent.observe(&clock)?;
+    // Record the transitions due under the current receipt (a lock that began while
+    // nothing ran, an SLA that ended) before the check-in changes the facts; a request
+    // then carries them to the service. A request file is answered later, if at all: all
+    // of them.
+    if args.request_file.is_some() {
+        agent.observe(&clock)?;
+    } else {
+        agent.observe_before_checkin(&clock)?;
+    }
     // The request carries the hardware summary `boot` records (component digests only).
     let hardware = if args.response_file.is_some() {
         None

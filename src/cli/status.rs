@@ -63,6 +63,17 @@ impl Agent {
         )?)
     }
 
+    /// [`Agent::observe`] just before a check-in ([`observe::observe_before_checkin`]).
+    pub fn observe_before_checkin(&self, clock: &dyn Clock) -> anyhow::Result<Observation> {
+        self.reconcile(clock)?;
+        Ok(observe::observe_before_checkin(
+            &self.inst,
+            &self.ledger,
+            &self.policy(),
+            clock,
+        )?)
+    }
+
     /// [`checkin::reconcile`] with the configured service keys (nothing to do without a
     /// usable pinned key: no stored receipt could be trusted; `checkin` reports a bad one).
     pub fn reconcile(&self, clock: &dyn Clock) -> anyhow::Result<()> {

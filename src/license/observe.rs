@@ -366,6 +366,33 @@ pub fn observe(
     policy: &Policy,
     clock: &dyn Clock,
 ) -> Result<Observation, LicenseError> {
+    observe_with(inst, ledger, policy, clock, false)
+}
+
+/// [`observe`] just before a check-in (`boot`, `checkin`): what happened under the current
+/// receipt (a lock that began while nothing ran, an SLA that ended) is recorded before the
+/// check-in changes the facts, and the request then carries it to the service. Only a
+/// check-in countdown that has not reached the lock is left to the observation after the
+/// check-in, which records it if the check-in failed: a check-in that succeeds within the
+/// grace period clears it, and a start and a clear for every check-in that is minutes
+/// late (the daily timer's randomized delay makes about half of them late against a 24 h
+/// lease) would only be noise.
+pub fn observe_before_checkin(
+    inst: &Instance,
+    ledger: &Ledger,
+    policy: &Policy,
+    clock: &dyn Clock,
+) -> Result<Observation, LicenseError> {
+    observe_with(inst, ledger, policy, clock, true)
+}
+
+fn observe_with(
+    inst: &Instance,
+    ledger: &Ledger,
+    policy: &Policy,
+    clock: &dyn Clock,
+    leave_overdue: bool,
+) -> Result<Observation, LicenseError> {
     let _lock = lock(&inst.dir)?;
     let lf = read_facts(inst, ledger)?;
     let mut recorded = Vec::new();
@@ -410,6 +437,9 @@ pub fn observe(
     }
     let evaluation = evaluate(facts, policy, now.now);
     changes.push((evaluation.clone(), now.now));
+    if leave_overdue && evaluation.state == State::CheckinOverdue {
+        changes.clear();
+    }
     for (e, effective) in changes {
         if e.state == current {
             continue;
