@@ -778,6 +778,18 @@ fn accept(
         let entry = record_failure(inst, ledger, &f, via, url, clock)?;
         return Ok(Outcome::Failed { failure: f, entry });
     }
+    let d = checkin_data(b, &hash, via.as_str());
+    let mut out = observe::append_trusted(inst, ledger, kind::CHECKIN, d, clock)?;
+    let entry = out.pop().expect("append_trusted returns the entry");
+    follow_rotation(inst, ledger, service, &r, &hash, clock)?;
+    Ok(Outcome::Accepted {
+        receipt: Box::new(r),
+        entry,
+    })
+}
+
+/// The `data` of a `checkin` entry citing the receipt whose body is `b` and hash `hash`.
+fn checkin_data(b: &crate::protocol::ReceiptBody, hash: &str, via: &str) -> Map<String, Value> {
     let mut d = Map::new();
     d.insert("receipt".into(), json!(hash));
     d.insert("key_id".into(), json!(b.key_id));
@@ -793,14 +805,8 @@ fn accept(
     d.insert("acked_seq".into(), json!(b.acked_seq));
     d.insert("acked_hash".into(), json!(b.acked_hash));
     d.insert("nonce".into(), json!(b.nonce));
-    d.insert("via".into(), json!(via.as_str()));
-    let mut out = observe::append_trusted(inst, ledger, kind::CHECKIN, d, clock)?;
-    let entry = out.pop().expect("append_trusted returns the entry");
-    follow_rotation(inst, ledger, service, &r, &hash, clock)?;
-    Ok(Outcome::Accepted {
-        receipt: Box::new(r),
-        entry,
-    })
+    d.insert("via".into(), json!(via));
+    d
 }
 
 /// Follow the service's key rotation after accepting receipt `r` (verified by
@@ -888,10 +894,77 @@ fn follow_rotation(
     Ok(())
 }
 
+/// The newest stored receipt (by server time) that is not an `unknown_serial` answer.
+fn newest_stored_lease_receipt(ledger: &Ledger) -> Result<Option<Receipt>, CheckinError> {
+    let mut stmt = ledger
+        .connection()
+        .prepare("SELECT receipt FROM receipts ORDER BY server_time DESC, hash DESC")
+        .map_err(sql(ledger))?;
+    let mut rows = stmt.query([]).map_err(sql(ledger))?;
+    while let Some(row) = rows.next().map_err(sql(ledger))? {
+        let text: String = row.get(0).map_err(sql(ledger))?;
+        if let Ok(r) = serde_json::from_str::<Receipt>(&text)
+            && r.body.status != Status::UnknownSerial
+        {
+            return Ok(Some(r));
+        }
+    }
+    Ok(None)
+}
+
+/// Make sure the newest receipt the service gave is what the license state rests on.
+///
+/// A stored receipt newer (by server time) than the one the newest `checkin` entry cites
+/// means that entry is missing: a check-in was interrupted between storing the receipt
+/// and recording it, or the ledger's newest entries were deleted (which `ledger verify`
+/// reports). Either way the receipt still holds, so it is recorded again: a `checkin`
+/// entry citing it with `recovered: true`. Deleting entries therefore never lifts what a
+/// receipt imposed (a `disabled` verdict, an ended SLA). Only a receipt that verifies
+/// under a trusted service key and names this instance counts: a row planted in the
+/// `receipts` table is ignored (and `ledger verify` reports it as cited by no entry).
+///
+/// Returns the entries appended (none when nothing was missing). Never touches the network.
+pub fn reconcile(
+    inst: &Instance,
+    ledger: &Ledger,
+    service: &Service,
+    clock: &dyn Clock,
+) -> Result<Vec<Entry>, CheckinError> {
+    let Some(r) = newest_stored_lease_receipt(ledger)? else {
+        return Ok(Vec::new());
+    };
+    let Ok(server_time) = time::parse_at(&r.body.server_time) else {
+        return Ok(Vec::new());
+    };
+    if newest_server_time(ledger)?.is_some_and(|t| t >= server_time) {
+        return Ok(Vec::new());
+    }
+    let trusted = service
+        .keys
+        .iter()
+        .find(|k| k.key_id == r.body.key_id)
+        .is_some_and(|k| r.verify(&k.key).is_ok());
+    if !trusted || r.body.instance != inst.settings.instance {
+        return Ok(Vec::new());
+    }
+    let hash = r.hash()?;
+    let mut d = checkin_data(&r.body, &hash, "recovered");
+    d.insert("recovered".into(), json!(true));
+    Ok(observe::append_trusted(
+        inst,
+        ledger,
+        kind::CHECKIN,
+        d,
+        clock,
+    )?)
+}
+
 /// Options of a network check-in.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// End-to-end bound on each HTTP exchange.
+    /// End-to-end bound on the whole check-in: every request it makes (a re-sent one
+    /// after 409 `unknown_prev` or 403 `activation_code_required` included) gets only the
+    /// time left of it.
     pub timeout: Duration,
     /// The current hardware fingerprint summary, if known.
     pub hardware: Option<Value>,
@@ -928,6 +1001,18 @@ pub fn checkin(
         return Err(CheckinError::NoKey);
     }
     let serial = inst.settings.serial.clone().ok_or(CheckinError::NoSerial)?;
+    // One deadline for the whole check-in, however many requests it takes.
+    let deadline = std::time::Instant::now() + opts.timeout;
+    let out_of_time = |detail: Option<String>| {
+        Failure::new(
+            failure::TIMEOUT,
+            format!(
+                "no complete answer within {} s{}",
+                opts.timeout.as_secs_f32(),
+                detail.map(|d| format!(" ({d})")).unwrap_or_default()
+            ),
+        )
+    };
     let mut from = acknowledged(ledger)?.map_or(0, |(s, _)| s + 1);
     let mut resynced = false;
     let mut force_code = false;
@@ -945,8 +1030,19 @@ pub fn checkin(
             let entry = record_failure(inst, ledger, &f, Via::Network, Some(&url), clock)?;
             Ok(Outcome::Failed { failure: f, entry })
         };
-        let reply = match post(&url, &prepared.request, opts.timeout) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return fail(out_of_time(None));
+        }
+        let reply = match post(&url, &prepared.request, left) {
             Ok(r) => r,
+            // Name the check-in's bound, not the remainder this request was given.
+            Err(f) if f.reason == failure::TIMEOUT => {
+                return fail(out_of_time(Some(format!(
+                    "{:.1} s left for this request",
+                    left.as_secs_f32()
+                ))));
+            }
             Err(f) => return fail(f),
         };
         let (status, error) = match reply {

@@ -295,16 +295,28 @@ impl Config {
         }
 
         let d = License::default();
+        let days = |name: &'static str, key: &str, from_file: Option<u32>, default: u32| {
+            license_days(env, name, key, from_file, config_file.as_deref(), default)
+        };
         let license = License {
-            grace_days: env_u32(env, "VMLEDGER_GRACE_DAYS")?
-                .or(file.license.grace_days)
-                .unwrap_or(d.grace_days),
-            warn_days: env_u32(env, "VMLEDGER_WARN_DAYS")?
-                .or(file.license.warn_days)
-                .unwrap_or(d.warn_days),
-            sla_grace_days: env_u32(env, "VMLEDGER_SLA_GRACE_DAYS")?
-                .or(file.license.sla_grace_days)
-                .unwrap_or(d.sla_grace_days),
+            grace_days: days(
+                "VMLEDGER_GRACE_DAYS",
+                "grace_days",
+                file.license.grace_days,
+                d.grace_days,
+            )?,
+            warn_days: days(
+                "VMLEDGER_WARN_DAYS",
+                "warn_days",
+                file.license.warn_days,
+                d.warn_days,
+            )?,
+            sla_grace_days: days(
+                "VMLEDGER_SLA_GRACE_DAYS",
+                "sla_grace_days",
+                file.license.sla_grace_days,
+                d.sla_grace_days,
+            )?,
         };
 
         let (hardware, fingerprint) = resolve_fingerprinting(&file, config_file.as_deref())?;
@@ -415,6 +427,65 @@ fn xdg_dir(env: &dyn Env, var: &str, fallback: &str) -> Option<PathBuf> {
 
 fn env_path(env: &dyn Env, name: &str) -> Option<PathBuf> {
     env.var(name).map(PathBuf::from)
+}
+
+/// The largest value a `[license]` setting may take locally, and why.
+///
+/// The grace periods may only be shortened: the defaults are what the vendor sells, and
+/// nothing local may lengthen a lease (the vendor grants a longer one through the
+/// receipt's `next_checkin_before`) or postpone a disable. `warn_days` only moves when the
+/// banner starts warning, so it may be raised, up to a year.
+pub fn license_max(key: &str) -> (u32, &'static str) {
+    let d = License::default();
+    match key {
+        "grace_days" => (
+            d.grace_days,
+            "local settings may only shorten the check-in grace period (the default); the vendor grants a longer lease through the licensing service",
+        ),
+        "sla_grace_days" => (
+            d.sla_grace_days,
+            "local settings may only shorten the grace period after the SLA ends (the default); only the vendor can extend an SLA",
+        ),
+        _ => (
+            MAX_WARN_DAYS,
+            "warnings can start at most a year before the SLA ends",
+        ),
+    }
+}
+
+/// Largest `[license] warn_days`.
+pub const MAX_WARN_DAYS: u32 = 366;
+
+/// One `[license]` setting: environment over file over default, bounded by
+/// [`license_max`]; an out-of-range value is an error naming the variable or the file and
+/// key.
+fn license_days(
+    env: &dyn Env,
+    name: &'static str,
+    key: &str,
+    from_file: Option<u32>,
+    file: Option<&Path>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    let (max, why) = license_max(key);
+    if let Some(v) = env_u32(env, name)? {
+        if v > max {
+            return Err(ConfigError::Env {
+                name,
+                value: v.to_string(),
+                message: format!("([license] {key}) at most {max}: {why}"),
+            });
+        }
+        return Ok(v);
+    }
+    match from_file {
+        Some(v) if v > max => Err(ConfigError::Parse {
+            path: file.map(Path::to_path_buf).unwrap_or_default(),
+            message: format!("[license] {key} = {v}: at most {max}: {why}"),
+        }),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
 }
 
 fn env_u32(env: &dyn Env, name: &'static str) -> Result<Option<u32>, ConfigError> {
@@ -534,6 +605,53 @@ mod tests {
                 .to_string();
             assert!(err.contains(&file.display().to_string()), "{err}");
         }
+    }
+
+    #[test]
+    fn grace_periods_can_only_be_shortened() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let o = Overrides {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        // Shorter than the defaults, and the defaults themselves, are fine.
+        std::fs::write(
+            &file,
+            "[license]\ngrace_days = 0\nsla_grace_days = 14\nwarn_days = 366\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&o, &[("HOME", "/h")], false).unwrap();
+        assert_eq!((c.license.grace_days, c.license.sla_grace_days), (0, 14));
+        for (text, key) in [
+            ("[license]\ngrace_days = 8\n", "grace_days"),
+            ("[license]\nsla_grace_days = 100000\n", "sla_grace_days"),
+            ("[license]\nwarn_days = 4000000000\n", "warn_days"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::resolve(&o, &[("HOME", "/h")], false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(&format!("[license] {key}")), "{err}");
+        }
+        std::fs::write(&file, "").unwrap();
+        for (name, value) in [
+            ("VMLEDGER_GRACE_DAYS", "8"),
+            ("VMLEDGER_SLA_GRACE_DAYS", "100000"),
+            ("VMLEDGER_WARN_DAYS", "4000000000"),
+        ] {
+            let err = Config::resolve(&o, &[("HOME", "/h"), (name, value)], false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name) && err.contains(value), "{err}");
+            assert!(err.contains("at most"), "{err}");
+        }
+        // The environment wins over the file also when it shortens.
+        std::fs::write(&file, "[license]\ngrace_days = 5\n").unwrap();
+        let c =
+            Config::resolve(&o, &[("HOME", "/h"), ("VMLEDGER_GRACE_DAYS", "2")], false).unwrap();
+        assert_eq!(c.license.grace_days, 2);
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //!   so editors' rename-and-replace saves and moves of the directory itself are seen and
 //!   the watches re-established. Changes are detected by comparing with the snapshot, not
 //!   by trusting event kinds, so a restore's own events and no-op touches record nothing.
+//!   At start, while blocked, every watched path is compared with the lock episode's copy
+//!   ([`Snapshot::differences`]), so changes made while `watch` was not running are
+//!   recorded (with `at_start: true`) and restored too.
+//!
+//! A copy records each node's type, content (files: SHA-256, the bytes in `blobs/`),
+//! permission bits and owner (numeric uid and gid); a change of any of them is a
+//! modification, and a restore puts all of them back (the owner only when running as
+//! root).
 //!
 //! Never prints (progress goes to a callback); never decides the license state (it asks
 //! [`crate::license::observe`]).
@@ -69,6 +77,24 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> WatchError + '_ {
     }
 }
 
+/// Who owns a node: numeric uid and gid. (Absent in copies taken by versions that did
+/// not record it; such a copy then restores content and mode only.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    fn of(md: &fs::Metadata) -> Option<Owner> {
+        Some(Owner {
+            uid: md.uid(),
+            gid: md.gid(),
+        })
+    }
+}
+
 /// One recorded node of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -77,13 +103,49 @@ pub enum Node {
         sha256: String,
         mode: u32,
         size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
     },
     Dir {
         mode: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
     },
     Symlink {
         target: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
     },
+}
+
+impl Node {
+    fn owner(&self) -> Option<Owner> {
+        match self {
+            Node::File { owner, .. } | Node::Dir { owner, .. } | Node::Symlink { owner, .. } => {
+                *owner
+            }
+        }
+    }
+
+    /// The node without its owner.
+    fn without_owner(&self) -> Node {
+        let mut n = self.clone();
+        match &mut n {
+            Node::File { owner, .. } | Node::Dir { owner, .. } | Node::Symlink { owner, .. } => {
+                *owner = None
+            }
+        }
+        n
+    }
+
+    /// True when `now` is what this recorded node describes: type, content, mode and, when
+    /// the copy recorded it, owner.
+    pub fn matches(&self, now: &Node) -> bool {
+        match self.owner() {
+            Some(_) => self == now,
+            None => *self == now.without_owner(),
+        }
+    }
 }
 
 /// `manifest.json` of a snapshot.
@@ -169,15 +231,22 @@ pub fn current_node(path: &Path) -> io::Result<Option<Node>> {
     };
     let ft = md.file_type();
     let mode = md.mode() & 0o7777;
+    let owner = Owner::of(&md);
     if ft.is_symlink() {
         Ok(Some(Node::Symlink {
             target: fs::read_link(path)?.to_string_lossy().into_owned(),
+            owner,
         }))
     } else if ft.is_dir() {
-        Ok(Some(Node::Dir { mode }))
+        Ok(Some(Node::Dir { mode, owner }))
     } else if ft.is_file() {
         match hash_file(path) {
-            Ok((sha256, size)) => Ok(Some(Node::File { sha256, mode, size })),
+            Ok((sha256, size)) => Ok(Some(Node::File {
+                sha256,
+                mode,
+                size,
+                owner,
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -236,6 +305,7 @@ impl Snapshot {
                         sha256,
                         mode: md.mode() & 0o7777,
                         size: bytes.len() as u64,
+                        owner: Owner::of(&md),
                     }
                 } else {
                     match current_node(p).map_err(io_err(p))? {
@@ -308,39 +378,96 @@ impl Snapshot {
             (None, None) => None,
             (None, Some(_)) => Some(ChangeKind::Created),
             (Some(_), None) => Some(ChangeKind::Removed),
-            (Some(a), Some(b)) if *a != b => Some(ChangeKind::Modified),
+            (Some(a), Some(b)) if !a.matches(&b) => Some(ChangeKind::Modified),
             _ => None,
         })
     }
 
+    /// Every path under the root that differs from the copy (what changed while nothing
+    /// watched), outermost first; nothing is reported below a path that was created or
+    /// removed as a whole or changed type (restoring it settles everything below). At most
+    /// [`MAX_SNAPSHOT_ENTRIES`] present paths are looked at.
+    pub fn differences(&self) -> Result<Vec<(PathBuf, ChangeKind)>, WatchError> {
+        let mut keys: BTreeSet<String> = self.manifest.nodes.keys().cloned().collect();
+        if fs::symlink_metadata(&self.root).is_ok() {
+            for item in walkdir::WalkDir::new(&self.root)
+                .follow_links(false)
+                .into_iter()
+                .take(MAX_SNAPSHOT_ENTRIES)
+            {
+                // A path that vanished while walking is compared (and reported) below.
+                let Ok(item) = item else { continue };
+                if let Some(k) = rel_key(&self.root, item.path()) {
+                    keys.insert(k);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut settled: Vec<String> = Vec::new();
+        for k in keys {
+            if settled
+                .iter()
+                .any(|s| s.is_empty() || k.starts_with(&format!("{s}/")))
+            {
+                continue;
+            }
+            let path = if k.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(&k)
+            };
+            let Some(change) = self.change(&path)? else {
+                continue;
+            };
+            let type_changed = match (self.manifest.nodes.get(&k), current_node(&path)) {
+                (Some(a), Ok(Some(b))) => std::mem::discriminant(a) != std::mem::discriminant(&b),
+                _ => true,
+            };
+            if change != ChangeKind::Modified || type_changed {
+                settled.push(k.clone());
+            }
+            out.push((path, change));
+        }
+        Ok(out)
+    }
+
     fn restore_node(&self, path: &Path, node: &Node) -> io::Result<()> {
         match (node, current_node(path)?) {
-            (Node::Dir { mode }, Some(Node::Dir { .. })) => {
-                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+            (Node::Dir { mode, owner }, Some(Node::Dir { .. })) => {
+                set_owner_and_mode(path, *owner, Some(*mode))
             }
-            (Node::Dir { mode }, other) => {
+            (Node::Dir { mode, owner }, other) => {
                 if other.is_some() {
                     fs::remove_file(path)?;
                 }
                 fs::create_dir(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                set_owner_and_mode(path, *owner, Some(*mode))
             }
-            (Node::File { sha256, mode, .. }, other) => {
+            (
+                Node::File {
+                    sha256,
+                    mode,
+                    owner,
+                    ..
+                },
+                other,
+            ) => {
                 let bytes = fs::read(self.store.join("blobs").join(sha256))?;
                 if matches!(other, Some(Node::Dir { .. })) {
                     fs::remove_dir_all(path)?;
                 }
                 // Write beside it and rename over it, like an editor would.
                 fsutil::write_private_atomic(path, &bytes)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                set_owner_and_mode(path, *owner, Some(*mode))
             }
-            (Node::Symlink { target }, other) => {
+            (Node::Symlink { target, owner }, other) => {
                 match other {
                     Some(Node::Dir { .. }) => fs::remove_dir_all(path)?,
                     Some(_) => fs::remove_file(path)?,
                     None => {}
                 }
-                std::os::unix::fs::symlink(target, path)
+                std::os::unix::fs::symlink(target, path)?;
+                set_owner_and_mode(path, *owner, None)
             }
         }
     }
@@ -403,7 +530,8 @@ impl Snapshot {
                             continue;
                         }
                         let child = self.root.join(k);
-                        if current_node(&child).map_err(io_err(&child))?.as_ref() != Some(n) {
+                        let now = current_node(&child).map_err(io_err(&child))?;
+                        if !now.is_some_and(|c| n.matches(&c)) {
                             self.restore_node(&child, n).map_err(io_err(&child))?;
                         }
                     }
@@ -412,6 +540,22 @@ impl Snapshot {
             }
         }
     }
+}
+
+/// Give `path` its recorded owner (only when running as root: nobody else may give a
+/// file away, and a non-root watcher restores what it can), then its mode (after the
+/// owner: `chown` clears set-id bits). Symlinks are changed themselves (`lchown`) and have
+/// no mode of their own.
+fn set_owner_and_mode(path: &Path, owner: Option<Owner>, mode: Option<u32>) -> io::Result<()> {
+    if let Some(o) = owner
+        && crate::config::running_as_root()
+    {
+        std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid))?;
+    }
+    if let Some(m) = mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(m))?;
+    }
+    Ok(())
 }
 
 /// What happened, for the caller to show.
@@ -572,6 +716,35 @@ pub fn run(
         paths: roots.to_vec(),
     });
     let mut recorded = 0u64;
+    // Changes made while nothing watched: the current lock episode's copy against what is
+    // there now (nothing differs from a copy just taken).
+    if obs.state().blocks_config() {
+        for root in roots {
+            let Some(snap) = snapshots.get(root) else {
+                continue;
+            };
+            for (path, change) in snap.differences()? {
+                let b = Blocked {
+                    path: &path,
+                    root,
+                    change,
+                    at_start: true,
+                };
+                block(
+                    inst,
+                    ledger,
+                    clock,
+                    opts,
+                    &obs,
+                    snap,
+                    &b,
+                    &mut watches,
+                    &mut on_event,
+                )?;
+                recorded += 1;
+            }
+        }
+    }
     loop {
         if opts.exit_after.is_some_and(|n| recorded >= n) {
             return Ok(recorded);
@@ -640,38 +813,83 @@ pub fn run(
             let Some(change) = snap.change(&path)? else {
                 continue;
             };
-            let mut restored = false;
-            let mut restore_error = None;
-            if opts.restore {
-                match snap.restore(&path) {
-                    Ok(()) => restored = true,
-                    Err(e) => restore_error = Some(e.to_string()),
-                }
-                if path == root {
-                    watches.refresh()?;
-                }
-            }
-            let mut d = Map::new();
-            d.insert("path".into(), json!(path.display().to_string()));
-            d.insert("kind".into(), json!(change.as_str()));
-            d.insert("state".into(), json!(obs.state().as_str()));
-            d.insert("watched".into(), json!(root.display().to_string()));
-            d.insert("episode".into(), json!(snap.manifest.episode));
-            d.insert("restored".into(), json!(restored));
-            if let Some(e) = restore_error {
-                d.insert("restore_error".into(), json!(e));
-            }
-            let entry =
-                observe::append_trusted(inst, ledger, kind::CONFIG_CHANGE_BLOCKED, d, clock)?
-                    .pop()
-                    .expect("append_trusted returns the entry");
+            let b = Blocked {
+                path: &path,
+                root: &root,
+                change,
+                at_start: false,
+            };
+            block(
+                inst,
+                ledger,
+                clock,
+                opts,
+                &obs,
+                snap,
+                &b,
+                &mut watches,
+                &mut on_event,
+            )?;
             recorded += 1;
-            on_event(&Event::Blocked {
-                entry: Box::new(entry),
-                path: path.clone(),
-                kind: change,
-                restored,
-            });
         }
     }
+}
+
+/// One change to record (and restore).
+struct Blocked<'a> {
+    path: &'a Path,
+    root: &'a Path,
+    change: ChangeKind,
+    /// Found when `watch` started (made while nothing watched).
+    at_start: bool,
+}
+
+/// Restore a blocked change when asked, record it as `config_change_blocked`, tell the
+/// caller.
+#[allow(clippy::too_many_arguments)]
+fn block(
+    inst: &Instance,
+    ledger: &Ledger,
+    clock: &dyn Clock,
+    opts: &Options,
+    obs: &Observation,
+    snap: &Snapshot,
+    b: &Blocked<'_>,
+    watches: &mut Watches,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<(), WatchError> {
+    let mut restored = false;
+    let mut restore_error = None;
+    if opts.restore {
+        match snap.restore(b.path) {
+            Ok(()) => restored = true,
+            Err(e) => restore_error = Some(e.to_string()),
+        }
+        if b.path == b.root {
+            watches.refresh()?;
+        }
+    }
+    let mut d = Map::new();
+    d.insert("path".into(), json!(b.path.display().to_string()));
+    d.insert("kind".into(), json!(b.change.as_str()));
+    d.insert("state".into(), json!(obs.state().as_str()));
+    d.insert("watched".into(), json!(b.root.display().to_string()));
+    d.insert("episode".into(), json!(snap.manifest.episode));
+    d.insert("restored".into(), json!(restored));
+    if let Some(e) = restore_error {
+        d.insert("restore_error".into(), json!(e));
+    }
+    if b.at_start {
+        d.insert("at_start".into(), json!(true));
+    }
+    let entry = observe::append_trusted(inst, ledger, kind::CONFIG_CHANGE_BLOCKED, d, clock)?
+        .pop()
+        .expect("append_trusted returns the entry");
+    on_event(&Event::Blocked {
+        entry: Box::new(entry),
+        path: b.path.to_path_buf(),
+        kind: b.change,
+        restored,
+    });
+    Ok(())
 }

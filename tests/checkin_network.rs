@@ -82,6 +82,7 @@ fn hanging_service_is_bounded() {
     let f = last_failure(&sb);
     assert_eq!(f["reason"], "timeout");
     assert!(f["detail"].as_str().unwrap().contains("5 s"), "{f}");
+    assert!(network_ms(&sb) < 7_500, "boot's bound is 5 s");
     let r = run_with_deadline(
         sb.cmd(["checkin", "--timeout", "1"]).cmd,
         Duration::from_secs(60),
@@ -94,6 +95,73 @@ fn hanging_service_is_bounded() {
             .unwrap()
             .contains("1 s")
     );
+}
+
+/// The bound covers the whole check-in: a service that answers 409 `unknown_prev` just
+/// before the bound and then hangs on the re-sent request does not get a second full
+/// timeout. Measured between the `boot` entry and the `checkin_failed` entry the command
+/// wrote (process start-up and fingerprinting excluded).
+#[test]
+fn hanging_service_bound_covers_the_resend() {
+    let v = Vendor::new();
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    const BOUND_S: u64 = 4;
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (i, s) in listener.incoming().enumerate() {
+            let s = s.unwrap();
+            if i == 0 {
+                // The first request: 409 after 90% of the bound.
+                read_request(&s);
+                std::thread::sleep(Duration::from_millis(BOUND_S * 900));
+                let e = ServiceError {
+                    format: "vmledger-service-error/v1".into(),
+                    error: "unknown_prev".into(),
+                    message: "resend".into(),
+                    acked_seq: None,
+                    acked_hash: None,
+                };
+                respond(&s, 409, &serde_json::to_vec(&e).unwrap());
+            }
+            // Then hold every connection without answering.
+            held.push(s);
+        }
+    });
+    init(&sb, &url, &v);
+    let r = run_with_deadline(
+        sb.cmd(["boot", "--json", "--checkin-timeout", &BOUND_S.to_string()])
+            .cmd,
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json()["checkin"]["reason"], "timeout", "{}", r.stdout);
+    let failed = last_failure(&sb);
+    let spent = network_ms(&sb);
+    // Generous: half the bound again for scheduling on a busy machine; a second full
+    // timeout for the re-sent request would be 1.9 times the bound.
+    assert!(
+        spent < (BOUND_S * 1500) as i64,
+        "the check-in took {spent} ms with a bound of {BOUND_S} s"
+    );
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("within {BOUND_S} s")),
+        "{failed}"
+    );
+}
+
+/// Milliseconds between the newest `boot` entry and the newest `checkin_failed` entry:
+/// how long the boot-time check-in took (process start-up and fingerprinting excluded).
+fn network_ms(sb: &Sandbox) -> i64 {
+    let at = |kind: &str| {
+        let e = entries_of(sb, kind).pop().unwrap();
+        vmledger::time::parse_at(e["body"]["at"].as_str().unwrap()).unwrap()
+    };
+    (at("checkin_failed") - at("boot")).num_milliseconds()
 }
 
 /// Read one HTTP/1.1 request; returns (request line, body).
@@ -251,4 +319,69 @@ fn plain_http_is_only_for_loopback() {
         .run();
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("--service-key"), "{}", r.stderr);
+}
+
+/// Over HTTP, a service (or something in its place) answering with an earlier receipt
+/// (replayed: another request's nonce) or a fresh one whose server time is older than
+/// the newest receipt held (stale) is refused: recorded as `checkin_failed` with the
+/// reason, the license state unchanged, the ledger intact.
+#[test]
+fn replayed_and_stale_receipts_over_http_are_rejected() {
+    let mut v = Vendor::new();
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    init(&sb, &url, &v);
+    let server = std::thread::spawn(move || {
+        let mut first = None;
+        for (i, s) in listener.incoming().enumerate() {
+            let s = s.unwrap();
+            let (_, body) = read_request(&s);
+            let req: CheckinRequest = serde_json::from_slice(&body).unwrap();
+            let receipt = match i {
+                // A genuine answer, server time now.
+                0 => {
+                    let r = v.answer(&req, &now(), Answer::default());
+                    first = Some(r.clone());
+                    r
+                }
+                // The same receipt again, for a new request.
+                1 => first.clone().unwrap(),
+                // A correctly signed answer to this request, dated a day back.
+                2 => {
+                    let old = vmledger::time::format_at(
+                        vmledger::time::truncate_ms(chrono::Utc::now()) - chrono::Duration::days(1),
+                    );
+                    v.answer(&req, &old, Answer::default())
+                }
+                _ => unreachable!(),
+            };
+            respond(&s, 200, &serde_json::to_vec(&receipt).unwrap());
+            if i == 2 {
+                return;
+            }
+        }
+    });
+    let checkin = || run_with_deadline(sb.cmd(["checkin", "--json"]).cmd, Duration::from_secs(60));
+    let r = checkin();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let lease = r.json()["receipt"].clone();
+    for reason in ["nonce_mismatch", "stale"] {
+        let r = checkin();
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let doc = r.json();
+        assert_eq!(doc["reason"], reason, "{doc}");
+        assert_eq!(doc["state"], "active");
+        assert!(r.stderr.contains(reason), "{}", r.stderr);
+        let f = last_failure(&sb);
+        assert_eq!(f["reason"], reason);
+        assert_eq!(f["via"], "network");
+        assert!(f["receipt"].is_string(), "{f}");
+    }
+    server.join().unwrap();
+    assert_eq!(entries_of(&sb, "checkin").len(), 1);
+    let s = sb.cmd(["status", "--json"]).ok().json();
+    assert_eq!(s["last_receipt"], lease);
+    assert_eq!(s["last_checkin_failure"]["reason"], "stale");
+    sb.cmd(["ledger", "verify"]).ok();
 }

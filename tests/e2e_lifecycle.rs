@@ -503,3 +503,42 @@ fn unknown_serial_is_recorded_and_shown() {
     assert_eq!(receipt(&r).body.status, Status::Active);
     assert_eq!(b.status(w.at("2030-03-01 10:01:00"))["state"], "active");
 }
+
+/// A lock that began under the old receipt while nothing ran is recorded by the next
+/// `boot` before its check-in (with the instants it took effect), so the history explains
+/// itself and the service receives it; the check-in then unlocks.
+#[test]
+fn boot_records_a_lock_that_began_while_off_before_checking_in() {
+    let w = Walk::new("2030-05-01 09:00:00");
+    let b = w.a.boot(w.at("2030-05-01 10:00:00"));
+    let due = receipt(&b.checkin.expect("boot checks in"))
+        .body
+        .next_checkin_before
+        .clone();
+    // Off for ten days: the countdown started a day later, the lock a week after that.
+    let b = w.a.boot(w.at("2030-05-11 10:00:00"));
+    assert_eq!(b.code, 0, "{:#}", b.doc);
+    assert_eq!(receipt(&b.checkin.unwrap()).body.status, Status::Active);
+    assert_eq!(b.doc["state"], "active");
+    let ledger = w.a.instance().ledger().unwrap();
+    let entries = ledger.entries_from(0).unwrap();
+    let last_boot = entries.iter().rposition(|e| e.body.kind == "boot").unwrap();
+    let after: Vec<&str> = entries[last_boot..]
+        .iter()
+        .map(|e| e.body.kind.as_str())
+        .collect();
+    assert_eq!(
+        after,
+        ["boot", "countdown_started", "locked", "checkin", "unlocked"],
+        "the transitions come before the check-in that lifts them"
+    );
+    let locked = &entries[last_boot + 2];
+    assert_eq!(data(locked, "effective_at"), plus_days(&due, 7));
+    assert_eq!(data(&entries[last_boot + 1], "effective_at"), due);
+    // The service received them: it acknowledged the `locked` entry.
+    let checkin = &entries[last_boot + 3];
+    assert_eq!(
+        checkin.body.data["acked_seq"].as_u64(),
+        Some(locked.body.seq)
+    );
+}

@@ -339,3 +339,257 @@ fn a_receipt_that_disables_names_the_verdict() {
         "V-2030-0042"
     );
 }
+
+/// `faked` with one environment variable set.
+fn faked_env(sb: &Sandbox, when: &str, var: (&str, &str), args: &[&str]) -> common::Run {
+    let mut c = faked(sb, when, args);
+    c.cmd.env(var.0, var.1);
+    c.run()
+}
+
+#[test]
+fn local_settings_cannot_lift_a_recorded_disable_or_lock() {
+    let sb = Sandbox::new();
+    let mut v = Vendor::new();
+    faked(
+        &sb,
+        "2030-08-01 00:00:00",
+        ["init", "--serial", "SN-4", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    // A lease of 10 days on an SLA that ended (covers 2030-07-31): disabled 14 days later.
+    let a = Answer {
+        sla_ends: Some("2030-07-31".into()),
+        next_checkin_before: Some("2030-08-11T00:00:00.000Z".into()),
+        ..Answer::default()
+    };
+    checkin(
+        &sb,
+        &mut v,
+        "2030-08-01 01:00:00",
+        "2030-08-01T01:00:00.000Z",
+        a,
+    );
+    assert_eq!(gate(&sb, "2030-08-14 23:59:00").code, 0);
+    assert_eq!(gate(&sb, "2030-08-15 00:00:01").code, 4);
+    let disabled = entries_of(&sb, "disabled").len();
+
+    // Lengthening the SLA grace period locally is refused outright, naming the variable
+    // (or the file and key); nothing is recorded.
+    let n = common::vendor::entries(&sb).len();
+    let r = faked_env(
+        &sb,
+        "2030-08-15 00:01:00",
+        ("VMLEDGER_SLA_GRACE_DAYS", "100000"),
+        &["gate"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("VMLEDGER_SLA_GRACE_DAYS") && r.stderr.contains("at most 14"),
+        "{}",
+        r.stderr
+    );
+    let conf = sb.join("long.toml");
+    std::fs::write(&conf, "[license]\ngrace_days = 30\n").unwrap();
+    let r = faked(&sb, "2030-08-15 00:01:00", ["--config"])
+        .arg(&conf)
+        .arg("status")
+        .run();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("long.toml") && r.stderr.contains("[license] grace_days = 30"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(common::vendor::entries(&sb).len(), n);
+
+    // Shortening is allowed; a later, longer (default) setting does not lift what was
+    // recorded under the shorter one.
+    let sb = Sandbox::new();
+    faked(
+        &sb,
+        "2030-09-01 00:00:00",
+        ["init", "--serial", "SN-5", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    v.acked = None;
+    checkin(
+        &sb,
+        &mut v,
+        "2030-09-01 01:00:00",
+        "2030-09-01T01:00:00.000Z",
+        Answer::default(),
+    );
+    // Due 2030-09-02 01:00; with grace_days = 1 locked from 2030-09-03 01:00.
+    let g = faked_env(
+        &sb,
+        "2030-09-03 02:00:00",
+        ("VMLEDGER_GRACE_DAYS", "1"),
+        &["gate"],
+    );
+    assert_eq!(g.code, 3, "{}", g.stderr);
+    assert_eq!(
+        last_of(&sb, "locked")["body"]["data"]["effective_at"],
+        "2030-09-03T01:00:00.000Z"
+    );
+    // Back to the default 7 days (the countdown alone would say checkin_overdue): still
+    // locked, and no `unlocked` is recorded.
+    assert_eq!(gate(&sb, "2030-09-03 03:00:00").code, 3);
+    let s = status(&sb, "2030-09-03 03:01:00");
+    assert_eq!(
+        (&s["state"], &s["reason"]),
+        (&"locked".into(), &"checkin_overdue".into())
+    );
+    assert!(entries_of(&sb, "unlocked").is_empty());
+    // Only a check-in lifts it.
+    checkin(
+        &sb,
+        &mut v,
+        "2030-09-03 04:00:00",
+        "2030-09-03T04:00:00.000Z",
+        Answer::default(),
+    );
+    assert_eq!(gate(&sb, "2030-09-03 04:01:00").code, 0);
+    assert_eq!(entries_of(&sb, "unlocked").len(), 1);
+
+    // The same for a disable recorded under a short SLA grace period.
+    let sb2 = Sandbox::new();
+    faked(
+        &sb2,
+        "2030-08-01 00:00:00",
+        ["init", "--serial", "SN-6", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    v.acked = None;
+    let a = Answer {
+        sla_ends: Some("2030-07-31".into()),
+        next_checkin_before: Some("2030-08-11T00:00:00.000Z".into()),
+        ..Answer::default()
+    };
+    checkin(
+        &sb2,
+        &mut v,
+        "2030-08-01 01:00:00",
+        "2030-08-01T01:00:00.000Z",
+        a,
+    );
+    let g = faked_env(
+        &sb2,
+        "2030-08-02 00:00:01",
+        ("VMLEDGER_SLA_GRACE_DAYS", "1"),
+        &["gate"],
+    );
+    assert_eq!(g.code, 4, "{}", g.stderr);
+    assert_eq!(gate(&sb2, "2030-08-02 00:01:00").code, 4);
+    let s = status(&sb2, "2030-08-02 00:02:00");
+    assert_eq!(
+        (&s["state"], &s["reason"]),
+        (&"disabled".into(), &"sla_expired".into())
+    );
+    assert!(entries_of(&sb2, "reenabled").is_empty());
+    assert!(disabled >= 1);
+    sb2.cmd(["ledger", "verify"]).ok();
+}
+
+#[test]
+fn checkin_records_transitions_due_under_the_old_receipt_first() {
+    let sb = Sandbox::new();
+    let mut v = Vendor::new();
+    faked(
+        &sb,
+        "2030-10-01 00:00:00",
+        ["init", "--serial", "SN-7", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    checkin(
+        &sb,
+        &mut v,
+        "2030-10-01 01:00:00",
+        "2030-10-01T01:00:00.000Z",
+        Answer::default(),
+    );
+    // Nothing runs for ten days; then a check-in through files. The request already
+    // carries the countdown and the lock, with the instants they took effect.
+    let req = checkin(
+        &sb,
+        &mut v,
+        "2030-10-11 12:00:00",
+        "2030-10-11T12:00:05.000Z",
+        Answer::default(),
+    );
+    let sent: Vec<(&str, &str)> = req
+        .body
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.body.kind.as_str(),
+                e.body
+                    .data
+                    .get("effective_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent[sent.len() - 2..],
+        [
+            ("countdown_started", "2030-10-02T01:00:00.000Z"),
+            ("locked", "2030-10-09T01:00:00.000Z")
+        ],
+        "{sent:?}"
+    );
+    let kinds: Vec<String> = common::vendor::entries(&sb)
+        .iter()
+        .map(|e| e["body"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 4..],
+        ["countdown_started", "locked", "checkin", "unlocked"]
+    );
+    assert_eq!(gate(&sb, "2030-10-11 12:01:00").code, 0);
+}
+
+/// The `checkin` entry is stamped no earlier than the receipt's server time, so the
+/// ledger's time carries the service's clock forward (also past a reboot, when the
+/// receipt's uptime reference is gone); a system clock behind it is an anomaly.
+#[test]
+fn checkin_entry_time_is_at_least_the_receipts_server_time() {
+    let sb = Sandbox::new();
+    let mut v = Vendor::new();
+    faked(
+        &sb,
+        "2030-11-01 10:00:00",
+        ["init", "--serial", "SN-8", "--service-key"],
+    )
+    .arg(v.public_key_b64())
+    .ok();
+    // The appliance's clock is two hours slow.
+    checkin(
+        &sb,
+        &mut v,
+        "2030-11-01 10:00:00",
+        "2030-11-01T12:00:00.000Z",
+        Answer::default(),
+    );
+    let c = last_of(&sb, "checkin");
+    let at = c["body"]["at"].as_str().unwrap();
+    assert!(at >= "2030-11-01T12:00:00.000Z", "{c}");
+    // Every later entry is at least as late; the slow clock is recorded as an anomaly.
+    faked(&sb, "2030-11-01 10:01:00", ["boot"]).ok();
+    assert!(last_of(&sb, "boot")["body"]["at"].as_str().unwrap() >= at);
+    let a = last_of(&sb, "clock_anomaly");
+    assert!(
+        a["body"]["data"]["system_clock"]
+            .as_str()
+            .unwrap()
+            .starts_with("2030-11-01T10:0"),
+        "{a}"
+    );
+    sb.cmd(["ledger", "verify"]).ok();
+}

@@ -651,3 +651,118 @@ fn operator_overrides_take_effect_on_the_running_service() {
             .expect(2);
     assert!(r.stderr.contains("unknown instance 0123"), "{}", r.stderr);
 }
+
+/// Run `sql` on a copy's ledger database with the append-only triggers dropped (as an
+/// owner with root would, with the real `sqlite3`), then put the triggers back.
+fn tamper_ledger(c: &Copy, sql: &str) {
+    common::require("sqlite3");
+    let db = c.dir.join("ledger.sqlite");
+    let q = |sql: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let upd = q("SELECT sql FROM sqlite_master WHERE name='entries_no_update'");
+    let del = q("SELECT sql FROM sqlite_master WHERE name='entries_no_delete'");
+    q(&format!(
+        "DROP TRIGGER entries_no_update; DROP TRIGGER entries_no_delete; {sql}; {}; {};",
+        upd.trim(),
+        del.trim()
+    ));
+}
+
+/// Deleting the entries that recorded a disable does not lift it: `ledger verify` names
+/// the receipt and the seq it acknowledged, the state still rests on the stored receipt
+/// (re-recorded), and with the receipts wiped too, the service disables the copy again at
+/// its next check-in.
+#[test]
+fn truncating_a_disabled_copys_ledger_lifts_nothing() {
+    let (w, a, b) = World::copied_on_day_one("b");
+    w.hours(1);
+    b.boot_offline(&*w.clock);
+    for _ in 0..2 {
+        w.day();
+        assert_status(&w.checkin(&a), Status::Active, None);
+    }
+    w.hours(1);
+    let r = w.checkin(&b);
+    assert_status(&r, Status::Disabled, Some("concurrent_duplicate"));
+    let acked = receipt(&r).body.acked_seq;
+    let verdict = receipt(&r).body.verdict.clone().unwrap();
+    assert_eq!(b.status(&*w.clock)["state"], "disabled");
+
+    // Everything after the acknowledged head goes: the `checkin` entry citing the
+    // disabling receipt and the `disabled` transition.
+    tamper_ledger(&b, &format!("DELETE FROM entries WHERE seq > {acked}"));
+    let v = b.run(&*w.clock, &["ledger", "verify", "--json"]);
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    let doc = v.json();
+    let problem = doc["first_bad"]["problem"].as_str().unwrap();
+    assert!(
+        problem.contains(&format!(
+            "truncated after seq {acked} was acknowledged by the service"
+        )),
+        "{problem}"
+    );
+    assert!(
+        problem.contains(&receipt(&r).hash().unwrap()[..16]),
+        "{problem}"
+    );
+    // The state computation still finds the receipt: disabled, the verdict named, and the
+    // receipt recorded again.
+    let s = b.status(&*w.clock);
+    assert_eq!(
+        (&s["state"], &s["verdict"]),
+        (&"disabled".into(), &verdict.clone().into())
+    );
+    let c = b
+        .instance()
+        .ledger()
+        .unwrap()
+        .latest_of_kind("checkin")
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.body.data["recovered"], true);
+    assert_eq!(c.body.data["receipt"], receipt(&r).hash().unwrap());
+    assert_eq!(b.run(&*w.clock, &["gate"]).code, 4);
+
+    // The receipts wiped too (and the entries after the acknowledged head again): nothing
+    // local is left to say so, and the copy runs on its older receipt; the service
+    // disables it again at its next check-in.
+    tamper_ledger(
+        &b,
+        &format!("DELETE FROM entries WHERE seq > {acked}; DELETE FROM receipts"),
+    );
+    let v = b.run(&*w.clock, &["ledger", "verify"]);
+    assert_eq!(v.code, 0, "nothing left to tell locally: {}", v.stdout);
+    assert_ne!(b.status(&*w.clock)["state"], "disabled");
+    w.hours(1);
+    let r = w.checkin(&b);
+    assert_status(&r, Status::Disabled, Some("concurrent_duplicate"));
+    assert_eq!(receipt(&r).body.verdict.as_deref(), Some(verdict.as_str()));
+    let s = b.status(&*w.clock);
+    assert_eq!(s["state"], "disabled", "{s:#}");
+    assert_eq!(b.run(&*w.clock, &["gate"]).code, 4);
+
+    // Deeper: the acknowledged entry too, and new entries written in its place.
+    let acked = receipt(&r).body.acked_seq;
+    tamper_ledger(&b, &format!("DELETE FROM entries WHERE seq >= {acked}"));
+    b.boot_offline(&*w.clock);
+    let doc = b.run(&*w.clock, &["ledger", "verify", "--json"]).json();
+    assert_eq!(doc["ok"], false);
+    assert_eq!(doc["first_bad"]["seq"], acked, "{doc}");
+    assert!(
+        doc["first_bad"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("truncated after seq {acked}")),
+        "{doc}"
+    );
+    assert_eq!(b.run(&*w.clock, &["gate"]).code, 4);
+    w.hours(1);
+    assert_status(&w.checkin(&a), Status::Active, None);
+}

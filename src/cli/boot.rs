@@ -1,7 +1,9 @@
 //! `vmledger boot`: record a boot (creating the identity on a sealed image's first boot),
-//! check in when a service is configured (never waiting on the network longer than
-//! `--checkin-timeout`, default 5 s), observe the license state, and exit 4 when the
-//! appliance is disabled so that units ordered after `vmledger-boot.service` do not start.
+//! observe the license state (recording what changed while the appliance was off), check
+//! in when a service is configured (never waiting on the network longer than
+//! `--checkin-timeout`, default 5 s, for the whole check-in), observe again, and exit 4
+//! when the appliance is disabled so that units ordered after `vmledger-boot.service` do
+//! not start.
 
 use serde_json::{Map, json};
 
@@ -44,6 +46,10 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         .pop()
         .expect("append_trusted returns the entry");
     let mut agent = Agent { cfg, inst, ledger };
+    // Record what changed while the appliance was off (a lock that began under the old
+    // receipt, an SLA that ended) before the check-in changes the facts: the history
+    // explains itself and the service receives it.
+    agent.observe_before_checkin(&clock)?;
 
     // Check in at boot when a service URL and key are configured: bounded, best effort.
     let service = agent.service()?;

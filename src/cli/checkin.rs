@@ -1,6 +1,7 @@
 //! `vmledger checkin [--request-file OUT | --response-file IN]`: check in with the
-//! licensing service over the network, or through files on an air-gapped site. Requests
-//! carry the hardware summary `boot` records (`fingerprint::boot::current_hardware`).
+//! licensing service over the network, or through files on an air-gapped site. The state
+//! is observed (transitions recorded) before and after. Requests carry the hardware
+//! summary `boot` records (`fingerprint::boot::current_hardware`).
 //! Output: `vmledger-checkin/v1` (`schemas/checkin.schema.json`).
 //!
 //! Exit: 0 when a receipt was accepted (3 or 4 when the instance is still locked or is
@@ -37,6 +38,15 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
     let mut agent = Agent::open(ctx)?;
     let service = agent.service()?;
     let clock = SystemClock;
+    // Record the transitions due under the current receipt (a lock that began while
+    // nothing ran, an SLA that ended) before the check-in changes the facts; a request
+    // then carries them to the service. A request file is answered later, if at all: all
+    // of them.
+    if args.request_file.is_some() {
+        agent.observe(&clock)?;
+    } else {
+        agent.observe_before_checkin(&clock)?;
+    }
     // The request carries the hardware summary `boot` records (component digests only).
     let hardware = if args.response_file.is_some() {
         None

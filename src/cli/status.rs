@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 
 use super::Ctx;
-use crate::checkin::Service;
+use crate::checkin::{self, Service};
 use crate::config::Config;
 use crate::exit::Exit;
 use crate::identity::{Instance, StateDir};
@@ -50,14 +50,38 @@ impl Agent {
         )?)
     }
 
-    /// Observe the license state, recording transitions.
+    /// Observe the license state, recording transitions. First the newest stored receipt
+    /// is made sure to be on record ([`checkin::reconcile`]: a check-in interrupted before
+    /// its `checkin` entry, or entries deleted after it).
     pub fn observe(&self, clock: &dyn Clock) -> anyhow::Result<Observation> {
+        self.reconcile(clock)?;
         Ok(observe::observe(
             &self.inst,
             &self.ledger,
             &self.policy(),
             clock,
         )?)
+    }
+
+    /// [`Agent::observe`] just before a check-in ([`observe::observe_before_checkin`]).
+    pub fn observe_before_checkin(&self, clock: &dyn Clock) -> anyhow::Result<Observation> {
+        self.reconcile(clock)?;
+        Ok(observe::observe_before_checkin(
+            &self.inst,
+            &self.ledger,
+            &self.policy(),
+            clock,
+        )?)
+    }
+
+    /// [`checkin::reconcile`] with the configured service keys (nothing to do without a
+    /// usable pinned key: no stored receipt could be trusted; `checkin` reports a bad one).
+    pub fn reconcile(&self, clock: &dyn Clock) -> anyhow::Result<()> {
+        let Ok(service) = self.service() else {
+            return Ok(());
+        };
+        checkin::reconcile(&self.inst, &self.ledger, &service, clock)?;
+        Ok(())
     }
 }
 

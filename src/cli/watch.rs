@@ -1,14 +1,15 @@
 //! `vmledger watch [PATH...] [--restore]`: while the appliance is locked or disabled,
 //! record every change under the watched configuration paths as `config_change_blocked`
 //! and, with `--restore`, put it back from the copy taken when the lock began. Paths come
-//! from the command line, else from the config file's `[watch] paths`.
+//! from the command line, else from the config file's `[watch] paths`; with neither, it
+//! says so and exits 0 (nothing to enforce is not a failure for `vmledger-watch.service`).
+//! At start it also records (and restores) what changed while it was not running.
 //!
 //! Progress goes to stderr (one line per event); with `--exit-after N` the command returns
 //! after N blocked changes and prints a summary document.
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use serde_json::json;
 
 use super::Ctx;
@@ -42,8 +43,28 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
         (args.paths.clone(), args.restore)
     };
     if paths.is_empty() {
-        bail!("nothing to watch: pass PATH... or set [watch] paths in the config file");
+        // Not an error: `vmledger-watch.service` is enabled on appliances that configure
+        // no paths, and a failure would only make systemd restart it forever.
+        let file = agent
+            .cfg
+            .config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the config file (none was found)".into());
+        ctx.out.note(format!(
+            "vmledger: nothing to watch: no PATH given and no [watch] paths in {file}; exiting"
+        ));
+        let doc = json!({
+            "format": "vmledger-watch/v1",
+            "paths": [],
+            "recorded": 0,
+            "blocked": [],
+        });
+        ctx.out.emit(&doc, String::new)?;
+        return Ok(Exit::Ok);
     }
+    // The state rests on the newest stored receipt (see `checkin::reconcile`).
+    agent.reconcile(&SystemClock)?;
     let roots = paths
         .iter()
         .map(|p| watch::absolute(p))

@@ -1,11 +1,26 @@
-//! Full verification of a stored ledger: every hash, signature, link and sequence number.
+//! Full verification of a stored ledger: every hash, signature, link and sequence number,
+//! then the receipts stored beside it.
 //!
 //! Rows are streamed in batches; within a batch the expensive per-entry work (parsing,
 //! canonical form, SHA-256, Ed25519) runs on every core with rayon, then links and
 //! sequence numbers are checked in order, so the first bad seq is the one reported.
+//!
+//! A chain that verifies can still have lost its newest entries (deleted with the
+//! append-only triggers dropped): the service's receipts tell. Every receipt stored in the
+//! `receipts` table (the check-in client's, ledger migration 2) must acknowledge an entry
+//! of this chain (its `acked_seq` with its `acked_hash`) and be cited by an entry: a
+//! `checkin` (or, for a receipt saying `unknown_serial`, a `checkin_failed`) whose
+//! `data.receipt` is its hash. Otherwise the ledger was truncated after the acknowledged
+//! seq (or, for an uncited receipt, a check-in was interrupted between storing its receipt
+//! and recording it; the next observation records it, see `checkin::reconcile`).
+//! Signatures of receipts are not checked here (the service key is configuration, not
+//! ledger): a forged receipt row is reported as uncited, and never counts.
+
+use std::collections::HashSet;
 
 use rayon::prelude::*;
 use serde::Serialize;
+use serde_json::Value;
 
 use super::entry::{self, Entry, Problem};
 use super::{Ledger, LedgerError, Row};
@@ -54,6 +69,8 @@ pub fn verify(
     let mut public_key: Option<[u8; PUBLIC_KEY_LEN]> = None;
     let mut prev: Option<Entry> = None;
     let mut expected_seq = 0u64;
+    // Receipt hashes cited by `checkin` entries (and `unknown_serial` failures).
+    let mut cited: HashSet<String> = HashSet::new();
 
     let stop = ledger.for_each_row(0, BATCH, |rows| {
         if report.first_bad.is_some() {
@@ -102,6 +119,9 @@ pub fn verify(
                     report.head_seq = Some(e.body.seq);
                     report.head_hash = Some(e.hash.clone());
                     expected_seq = e.body.seq + 1;
+                    if let Some(h) = cited_receipt(&e) {
+                        cited.insert(h.to_string());
+                    }
                     prev = Some(e);
                 }
                 Err(problem) => {
@@ -123,7 +143,104 @@ pub fn verify(
             problem: "the ledger is empty: the genesis entry is missing".into(),
         });
     }
+    if report.first_bad.is_none() {
+        report.first_bad = check_receipts(ledger, &cited)?;
+    }
     Ok(report)
+}
+
+/// The receipt hash an entry cites: `data.receipt` of a `checkin`, or of a
+/// `checkin_failed` recording an `unknown_serial` receipt (the only failure whose receipt
+/// is stored).
+fn cited_receipt(e: &Entry) -> Option<&str> {
+    use crate::license::observe::kind;
+    let d = &e.body.data;
+    let receipt = d.get("receipt").and_then(Value::as_str);
+    match e.body.kind.as_str() {
+        kind::CHECKIN => receipt,
+        kind::CHECKIN_FAILED
+            if d.get("reason").and_then(Value::as_str)
+                == Some(crate::checkin::failure::UNKNOWN_SERIAL) =>
+        {
+            receipt
+        }
+        _ => None,
+    }
+}
+
+/// Check every stored receipt against the verified chain (see the module docs). Returns
+/// the first problem, in the receipts' server-time order.
+fn check_receipts(
+    ledger: &Ledger,
+    cited: &HashSet<String>,
+) -> Result<Option<BadEntry>, LedgerError> {
+    let sql = |source| LedgerError::Sqlite {
+        path: ledger.path().display().to_string(),
+        source,
+    };
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt = ledger
+            .connection()
+            .prepare("SELECT hash, server_time, receipt FROM receipts ORDER BY server_time, hash")
+            .map_err(sql)?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(sql)?
+            .collect::<Result<_, _>>()
+            .map_err(sql)?
+    };
+    let head = ledger.head()?.map_or(0, |h| h.seq);
+    for (hash, server_time, text) in rows {
+        let short = &hash[..hash.len().min(16)];
+        let r: crate::protocol::Receipt = match serde_json::from_str(&text) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Some(BadEntry {
+                    seq: head,
+                    problem: format!("stored receipt {short} is unreadable: {e}"),
+                }));
+            }
+        };
+        if r.hash().ok().as_deref() != Some(hash.as_str()) {
+            return Ok(Some(BadEntry {
+                seq: head,
+                problem: format!(
+                    "stored receipt {short} does not hash to its name: it was altered"
+                ),
+            }));
+        }
+        let n = r.body.acked_seq;
+        let truncated =
+            format!("the ledger was truncated after seq {n} was acknowledged by the service");
+        match ledger.entry(n)? {
+            None => {
+                return Ok(Some(BadEntry {
+                    seq: n.min(head + 1),
+                    problem: format!(
+                        "receipt {short} (server time {server_time}) acknowledges seq {n}, which this ledger does not have (head seq {head}): {truncated}"
+                    ),
+                }));
+            }
+            Some(e) if e.hash != r.body.acked_hash => {
+                return Ok(Some(BadEntry {
+                    seq: n,
+                    problem: format!(
+                        "receipt {short} (server time {server_time}) acknowledges seq {n} with hash {}, this ledger's seq {n} has hash {}: {truncated} and new entries were written in place of the deleted ones",
+                        r.body.acked_hash, e.hash
+                    ),
+                }));
+            }
+            Some(_) => {}
+        }
+        if !cited.contains(&hash) {
+            return Ok(Some(BadEntry {
+                seq: n + 1,
+                problem: format!(
+                    "receipt {short} (server time {server_time}, acknowledging seq {n}) is cited by no checkin entry: {truncated} (or a check-in was interrupted before it was recorded; `vmledger status` records it)"
+                ),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn genesis_key(

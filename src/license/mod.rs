@@ -18,7 +18,11 @@
 //!   day. `warn_days` before that: `sla_warning`; after it: `sla_expired` with a countdown of
 //!   `sla_grace_days`, then `disabled`;
 //! - a receipt whose status is `disabled` disables at once (reason and verdict from the
-//!   receipt). Only a later receipt from the service can lift `disabled`: nothing local can.
+//!   receipt). Only a later receipt from the service can lift `disabled`: nothing local can;
+//! - once recorded in the ledger ([`Facts::disabled`], [`Facts::locked`]), `disabled`
+//!   stays until a newer receipt lifts it and `locked` until a newer successful check-in,
+//!   whatever the local settings say (they may only shorten the grace periods, see
+//!   [`crate::config::license_max`], but this holds for ledgers written before too).
 //!
 //! Intervals are half-open: at the exact instant a deadline is reached, the later state
 //! holds.
@@ -224,6 +228,31 @@ pub struct Facts {
     /// The reason of a `checkin_failed` newer than the lease in which the service itself
     /// answered (e.g. `unknown_serial`), shown while the instance is unregistered.
     pub refusal: Option<String>,
+    /// The newest recorded transition into `disabled`.
+    pub disabled: Option<Recorded>,
+    /// The newest recorded transition into `locked`.
+    pub locked: Option<Recorded>,
+}
+
+/// A transition the ledger recorded (its entry's seq and `data`): `disabled` and
+/// `locked` stay once recorded, until a lease newer than the entry lifts them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub seq: u64,
+    pub reason: Option<String>,
+    pub verdict: Option<String>,
+}
+
+impl Recorded {
+    /// Read from a transition entry (`seq`, `data`).
+    pub fn from_entry(seq: u64, data: &Map<String, Value>) -> Recorded {
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
+        Recorded {
+            seq,
+            reason: text("reason"),
+            verdict: text("verdict"),
+        }
+    }
 }
 
 /// Which countdown runs.
@@ -369,6 +398,27 @@ pub fn evaluate(facts: &Facts, policy: &Policy, now: DateTime<Utc>) -> Evaluatio
             e.state = State::SlaWarning;
             e.reason = Some(why::SLA_ENDING.into());
         }
+    }
+    // What the ledger recorded stays until a newer lease lifts it: nothing local (a
+    // setting, the clock) undoes a recorded `disabled` or `locked`.
+    let unlifted = |r: &&Recorded| lease.is_none_or(|l| r.seq > l.seq);
+    if let Some(r) = facts.disabled.as_ref().filter(unlifted)
+        && e.state != State::Disabled
+    {
+        e.state = State::Disabled;
+        e.reason = Some(
+            r.reason
+                .clone()
+                .unwrap_or_else(|| why::DISABLED_BY_SERVICE.into()),
+        );
+        e.verdict = r.verdict.clone();
+        e.countdown = None;
+    } else if let Some(r) = facts.locked.as_ref().filter(unlifted)
+        && !e.state.blocks_config()
+    {
+        e.state = State::Locked;
+        e.reason = r.reason.clone().or(e.reason);
+        e.countdown = e.countdown.filter(|c| c.kind == CountdownKind::Sla);
     }
     e.days_left = match (&e.countdown, e.state) {
         (Some(c), _) => Some(days_until(now, c.ends_at)),

@@ -20,7 +20,7 @@ use rusqlite::OptionalExtension;
 use serde_json::{Map, Value, json};
 
 use super::trusted::{self, Reference, TimeInputs, TrustedNow};
-use super::{Evaluation, Facts, Lease, Policy, State, breakpoints, evaluate, transition};
+use super::{Evaluation, Facts, Lease, Policy, Recorded, State, breakpoints, evaluate, transition};
 use crate::identity::{Instance, StateDir};
 use crate::ledger::{CLOCK_ANOMALY_THRESHOLD, Entry, Ledger, LedgerError};
 use crate::time::{self, Clock, KernelClock};
@@ -181,10 +181,25 @@ pub fn read_facts(inst: &Instance, ledger: &Ledger) -> Result<LedgerFacts, Licen
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut last: Option<Entry> = None;
+    // The newest transitions into `disabled` (always a `disabled` entry) and `locked` (a
+    // `locked` entry, or `reenabled` when it went from disabled straight to locked).
+    let mut disabled: Option<Recorded> = None;
+    let mut locked: Option<Recorded> = None;
     for k in transition::KINDS {
-        if let Some(e) = ledger.latest_of_kind(k)?
-            && last.as_ref().is_none_or(|l| e.body.seq > l.body.seq)
+        let Some(e) = ledger.latest_of_kind(k)? else {
+            continue;
+        };
+        let into = state_of(&e);
+        if k == transition::DISABLED {
+            disabled = Some(Recorded::from_entry(e.body.seq, &e.body.data));
+        }
+        if matches!(k, transition::LOCKED | transition::REENABLED)
+            && into == Some(State::Locked)
+            && locked.as_ref().is_none_or(|l| e.body.seq > l.seq)
         {
+            locked = Some(Recorded::from_entry(e.body.seq, &e.body.data));
+        }
+        if last.as_ref().is_none_or(|l| e.body.seq > l.body.seq) {
             last = Some(e);
         }
     }
@@ -194,6 +209,8 @@ pub fn read_facts(inst: &Instance, ledger: &Ledger) -> Result<LedgerFacts, Licen
             created_at,
             lease,
             refusal,
+            disabled,
+            locked,
         },
         head,
         checkin,
@@ -291,6 +308,13 @@ fn settle_time(
 
 /// Append one entry stamped with trusted time (recording a clock anomaly first when one
 /// is due). Returns everything appended, the requested entry last.
+///
+/// A `checkin` entry is stamped no earlier than its receipt's `server_time` (its
+/// `data.server_time`): the service's clock is a lower bound of the real time, and the
+/// ledger's time carries it forward after a reboot, when the receipt's uptime reference no
+/// longer applies. A receipt is cited once: when the newest `checkin` entry already cites
+/// the same receipt (`data.receipt`; two observers recording one receipt at once), that
+/// entry is returned and nothing is appended.
 pub fn append_trusted(
     inst: &Instance,
     ledger: &Ledger,
@@ -300,11 +324,25 @@ pub fn append_trusted(
 ) -> Result<Vec<Entry>, LicenseError> {
     let _lock = lock(&inst.dir)?;
     let lf = read_facts(inst, ledger)?;
+    let mut floor_extra = None;
+    if kind == self::kind::CHECKIN {
+        let receipt = data.get("receipt").and_then(Value::as_str);
+        if let Some(c) = &lf.checkin
+            && receipt.is_some()
+            && data_str(c, "receipt") == receipt
+        {
+            return Ok(vec![c.clone()]);
+        }
+        floor_extra = data
+            .get("server_time")
+            .and_then(Value::as_str)
+            .and_then(|t| time::parse_at(t).ok());
+    }
     let mut out = Vec::new();
     let now = settle_time(inst, ledger, &lf, clock, &mut out)?;
     let at_least = AtLeast {
         clock,
-        floor: now.now,
+        floor: now.now.max(floor_extra.unwrap_or(now.now)),
     };
     out.push(ledger.append(&inst.key, kind, data, &at_least)?);
     Ok(out)
@@ -328,6 +366,33 @@ pub fn observe(
     ledger: &Ledger,
     policy: &Policy,
     clock: &dyn Clock,
+) -> Result<Observation, LicenseError> {
+    observe_with(inst, ledger, policy, clock, false)
+}
+
+/// [`observe`] just before a check-in (`boot`, `checkin`): what happened under the current
+/// receipt (a lock that began while nothing ran, an SLA that ended) is recorded before the
+/// check-in changes the facts, and the request then carries it to the service. Only a
+/// check-in countdown that has not reached the lock is left to the observation after the
+/// check-in, which records it if the check-in failed: a check-in that succeeds within the
+/// grace period clears it, and a start and a clear for every check-in that is minutes
+/// late (the daily timer's randomized delay makes about half of them late against a 24 h
+/// lease) would only be noise.
+pub fn observe_before_checkin(
+    inst: &Instance,
+    ledger: &Ledger,
+    policy: &Policy,
+    clock: &dyn Clock,
+) -> Result<Observation, LicenseError> {
+    observe_with(inst, ledger, policy, clock, true)
+}
+
+fn observe_with(
+    inst: &Instance,
+    ledger: &Ledger,
+    policy: &Policy,
+    clock: &dyn Clock,
+    leave_overdue: bool,
 ) -> Result<Observation, LicenseError> {
     let _lock = lock(&inst.dir)?;
     let lf = read_facts(inst, ledger)?;
@@ -373,6 +438,9 @@ pub fn observe(
     }
     let evaluation = evaluate(facts, policy, now.now);
     changes.push((evaluation.clone(), now.now));
+    if leave_overdue && evaluation.state == State::CheckinOverdue {
+        changes.clear();
+    }
     for (e, effective) in changes {
         if e.state == current {
             continue;

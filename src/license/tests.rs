@@ -33,6 +33,8 @@ fn facts(serial: Option<&str>, lease: Option<Lease>) -> Facts {
         created_at: created(),
         lease,
         refusal: None,
+        disabled: None,
+        locked: None,
     }
 }
 
@@ -519,4 +521,76 @@ fn lease_from_checkin_data() {
     assert_eq!(days_until(created(), created()), 0);
     assert_eq!(days_until(created(), created() + MS), 1);
     assert_eq!(days_until(created(), created() + Duration::days(2)), 2);
+}
+
+#[test]
+fn recorded_disabled_and_locked_stay_until_a_newer_lease() {
+    let p = Policy::default();
+    let now = t("2026-12-04T12:00:00.000Z");
+    // An active lease at seq 5; a `disabled` recorded after it (seq 9) holds although the
+    // lease alone says active, with the recorded reason and verdict.
+    let mut f = facts(
+        Some("SN-1"),
+        Some(lease(
+            Status::Active,
+            "2026-12-05T10:00:00.000Z",
+            Some("2027-06-30"),
+        )),
+    );
+    assert_eq!(evaluate(&f, &p, now).state, State::Active);
+    f.disabled = Some(Recorded {
+        seq: 9,
+        reason: Some("concurrent_duplicate".into()),
+        verdict: Some("V-1".into()),
+    });
+    let e = evaluate(&f, &p, now);
+    assert_eq!(
+        (e.state, e.reason.as_deref(), e.verdict.as_deref()),
+        (State::Disabled, Some("concurrent_duplicate"), Some("V-1"))
+    );
+    assert_eq!(e.days_left, None);
+    // A lease newer than the recorded disable (a later receipt) decides again.
+    f.lease.as_mut().unwrap().seq = 10;
+    assert_eq!(evaluate(&f, &p, now).state, State::Active);
+
+    // A recorded lock after the lease holds even where the countdown says overdue only
+    // (e.g. the grace period was configured longer after the lock).
+    let mut f = facts(
+        Some("SN-1"),
+        Some(lease(
+            Status::Active,
+            "2026-12-04T11:00:00.000Z",
+            Some("2027-06-30"),
+        )),
+    );
+    assert_eq!(evaluate(&f, &p, now).state, State::CheckinOverdue);
+    f.locked = Some(Recorded {
+        seq: 8,
+        reason: Some(why::CHECKIN_OVERDUE.into()),
+        verdict: None,
+    });
+    let e = evaluate(&f, &p, now);
+    assert_eq!(
+        (e.state, e.reason.as_deref(), e.countdown, e.days_left),
+        (State::Locked, Some(why::CHECKIN_OVERDUE), None, None)
+    );
+    // Disabled wins over a recorded lock; a newer lease lifts the lock.
+    f.disabled = Some(Recorded {
+        seq: 7,
+        reason: Some(why::SLA_EXPIRED.into()),
+        verdict: None,
+    });
+    assert_eq!(evaluate(&f, &p, now).state, State::Disabled);
+    f.disabled = None;
+    f.lease.as_mut().unwrap().seq = 12;
+    assert_eq!(evaluate(&f, &p, now).state, State::CheckinOverdue);
+
+    // Never checked in: a recorded lock stays (no lease can be newer).
+    let mut f = facts(Some("SN-1"), None);
+    f.locked = Some(Recorded {
+        seq: 3,
+        reason: Some(why::NEVER_CHECKED_IN.into()),
+        verdict: None,
+    });
+    assert_eq!(evaluate(&f, &p, created()).state, State::Locked);
 }
