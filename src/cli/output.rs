@@ -62,14 +62,18 @@ impl Output {
     /// The JSON document for a command line that did not parse (clap has already printed
     /// its own text on stderr): the message without clap's `error: ` and help hints.
     pub fn usage_error(&self, rendered: &str) {
-        let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let first = rendered
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         let message = first.trim().trim_start_matches("error: ");
         error_document(&format!("usage: {message}"));
     }
 }
 
 fn error_document(message: &str) {
-    let doc = json!({"format": "vmledger-error/v1", "error": message, "exit_code": crate::exit::ERROR});
+    let doc =
+        json!({"format": "vmledger-error/v1", "error": message, "exit_code": crate::exit::ERROR});
     println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
 }
 

@@ -574,13 +574,22 @@ mod tests {
         // Same episode: no second anomaly.
         let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
         assert_eq!(e.body.seq, 5);
+        // A reboot with the clock still behind: a new anomaly, once for that boot.
+        clock.kernel.boot_id = "another-boot".into();
+        let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
+        assert_eq!(e.body.seq, 7);
+        let a = l.entry(6).unwrap().unwrap();
+        assert_eq!(a.body.kind, "clock_anomaly");
+        assert_eq!(a.body.boot_id, "another-boot");
+        let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
+        assert_eq!(e.body.seq, 8);
         // Clock recovers, then lags again: a new episode is recorded.
         clock.now += Duration::hours(2);
         l.append(&key, "boot", Map::new(), &clock).unwrap();
         clock.now -= Duration::hours(3);
         let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
-        assert_eq!(e.body.seq, 8);
-        assert_eq!(l.entry(7).unwrap().unwrap().body.kind, "clock_anomaly");
+        assert_eq!(e.body.seq, 11);
+        assert_eq!(l.entry(10).unwrap().unwrap().body.kind, "clock_anomaly");
     }
 
     #[test]
