@@ -173,8 +173,9 @@ pub struct Fingerprinting {
     pub images: Vec<PathBuf>,
 }
 
-/// Flags that override everything else (already merged with their `env =` fallbacks by
-/// clap, which keeps flags above the environment).
+/// Flags that override everything else (`state_dir` and `config` already merged with
+/// `VMLEDGER_STATE_DIR`/`VMLEDGER_CONFIG` by `cli::GlobalArgs::with_env`, which keeps flags
+/// above the environment and treats empty variables as unset).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub state_dir: Option<PathBuf>,

@@ -10,7 +10,10 @@
 //! | `watch/` | copies of watched configuration taken when a lock began |
 //!
 //! `instance.json` is written last and atomically: it marks an initialised state, so a
-//! crash during `init` leaves a state that the next `init` or `boot` simply redoes.
+//! crash during `init` leaves a state that the next `init` or `boot` simply redoes: it
+//! keeps the `instance.key` already written and replaces a ledger that provably holds at
+//! most its genesis entry. A state without `instance.json` whose ledger holds more, or
+//! cannot be read at all, is refused as orphaned: nothing is removed or overwritten.
 //! Initialisation holds an exclusive `flock` on `.init.lock`, so a boot hook and a timer
 //! starting together on a fresh sealed image create one identity, not two.
 
@@ -44,9 +47,9 @@ pub enum IdentityError {
     #[error("{dir} is not initialised; run `vmledger init --serial SERIAL` or `vmledger boot`")]
     NotInitialised { dir: String },
     #[error(
-        "{dir} holds a ledger with {entries} entries but no instance.json; restore instance.json and instance.key from a backup (refusing to overwrite the ledger)"
+        "{dir} has no instance.json but holds {ledger}; restore instance.json and instance.key from a backup, or move the state directory away to start a new identity (refusing to overwrite the ledger or the key)"
     )]
-    Orphaned { dir: String, entries: u64 },
+    Orphaned { dir: String, ledger: String },
     #[error("cannot use state directory {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
     #[error("{path}: {message}")]
@@ -202,7 +205,10 @@ impl Instance {
         serial: Option<&str>,
         clock: &dyn Clock,
     ) -> Result<Instance, IdentityError> {
-        if let Some(s) = serial {
+        // An initialised state is refused as such whatever the serial looks like.
+        if !dir.settings_path().exists()
+            && let Some(s) = serial
+        {
             validate_serial(s)?;
         }
         fsutil::ensure_private_dir(&dir.root).map_err(|e| dir.io(e))?;
@@ -214,6 +220,9 @@ impl Instance {
                 instance: existing.settings.instance,
                 serial: existing.settings.serial.unwrap_or_else(|| "none".into()),
             });
+        }
+        if let Some(s) = serial {
+            validate_serial(s)?;
         }
         create_locked(dir, serial, clock)
     }
@@ -330,22 +339,36 @@ fn create_locked(
     serial: Option<&str>,
     clock: &dyn Clock,
 ) -> Result<Instance, IdentityError> {
-    // Leftovers of an interrupted init: a ledger with only its genesis (or nothing) is
-    // safe to discard; anything more is real history and must not be overwritten.
+    // Leftovers of an interrupted init: a ledger that provably holds only its genesis (or
+    // nothing) is safe to discard. Anything else (more entries, a file that does not open,
+    // a newer schema, a permission error) may be real history: refuse and touch nothing.
     let ledger_path = dir.ledger_path();
-    if ledger_path.exists() {
-        let entries = Ledger::open(&ledger_path)
-            .and_then(|l| l.count())
-            .unwrap_or(0);
-        if entries > 1 {
-            return Err(IdentityError::Orphaned {
-                dir: dir.display(),
-                entries,
-            });
+    let files = ledger_files(&ledger_path);
+    if files.iter().any(|p| p.exists()) {
+        let orphaned = |ledger: String| IdentityError::Orphaned {
+            dir: dir.display(),
+            ledger,
+        };
+        if ledger_path.exists() {
+            let entries = Ledger::open(&ledger_path)
+                .and_then(|l| l.count())
+                .map_err(|e| orphaned(format!("a ledger that cannot be read ({e})")))?;
+            if entries > 1 {
+                return Err(orphaned(format!(
+                    "a ledger with {entries} entries ({})",
+                    ledger_path.display()
+                )));
+            }
+        } else if let Some(log) = [&files[1], &files[3]].into_iter().find(|p| p.exists()) {
+            // A write-ahead log or journal may hold the history of a deleted database.
+            return Err(orphaned(format!(
+                "{} without its database {}",
+                log.display(),
+                ledger_path.display()
+            )));
         }
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            let p = PathBuf::from(format!("{}{suffix}", ledger_path.display()));
-            match std::fs::remove_file(&p) {
+        for p in &files {
+            match std::fs::remove_file(p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(dir.io(e)),
@@ -353,8 +376,17 @@ fn create_locked(
         }
     }
 
-    let key = SigningKey::generate()?;
-    key.save(&dir.key_path())?;
+    // A key left by an interrupted init is kept, never overwritten: it may be the only
+    // copy of a key that signed something.
+    let key = match SigningKey::load(&dir.key_path()) {
+        Ok(key) => key,
+        Err(KeyError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate()?;
+            key.save(&dir.key_path())?;
+            key
+        }
+        Err(e) => return Err(e.into()),
+    };
     let instance = hex::encode(keys::random_bytes::<16>()?);
     let mut data = Map::new();
     data.insert("serial".into(), json!(serial));
@@ -373,6 +405,15 @@ fn create_locked(
         dir: dir.clone(),
         settings,
         key,
+    })
+}
+
+/// The ledger database and the files SQLite keeps beside it.
+fn ledger_files(ledger: &Path) -> [PathBuf; 4] {
+    ["", "-wal", "-shm", "-journal"].map(|suffix| {
+        let mut p = ledger.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
     })
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::schemas::{assert_invalid, assert_valid};
-use common::{Cmd, Sandbox};
+use common::{Cmd, Sandbox, require};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -27,10 +27,6 @@ fn init_creates_private_identity_and_refuses_twice() {
     for f in ["instance.json", "instance.key", "ledger.sqlite"] {
         assert_eq!(mode(&st.join(f)), 0o600, "{f}");
     }
-    // Key material is never printed.
-    let key = std::fs::read(st.join("instance.key")).unwrap();
-    let r = sb.cmd(["status", "--json"]).ok();
-    assert!(!r.stdout.contains(&hex::encode(&key[key.len() - 32..])));
 
     let r = sb.cmd(["init", "--serial", "SN-2"]).expect(2);
     assert!(r.stderr.contains("already initialised"), "{}", r.stderr);
@@ -302,4 +298,266 @@ fn corrupt_settings_file_is_a_clear_error() {
     assert!(r.stderr.contains("instance.json"), "{}", r.stderr);
     // The ledger is untouched and still verifies on its own.
     sb.cmd(["ledger", "show"]).ok();
+}
+
+/// The secret parts of an instance.key (ring's PKCS#8 v2 document: the 32-byte seed at
+/// bytes 16..48, the public key in the last 32) in every printable form that could leak.
+fn secret_forms(pkcs8: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    assert_eq!(pkcs8.len(), 83, "unexpected PKCS#8 layout");
+    assert_eq!(&pkcs8[14..16], [0x04, 0x20], "seed OCTET STRING header");
+    let seed = &pkcs8[16..48];
+    let mut forms = vec![
+        hex::encode(seed),
+        hex::encode_upper(seed),
+        STANDARD.encode(seed),
+        URL_SAFE_NO_PAD.encode(seed),
+        STANDARD.encode(pkcs8),
+        hex::encode(pkcs8),
+    ];
+    // Base64 of the seed embedded in a longer encoding: its 4-character groups at the
+    // other two alignments, stripped of the characters that depend on the neighbours.
+    for pad in 0..3 {
+        let mut shifted = vec![0u8; pad];
+        shifted.extend_from_slice(seed);
+        let enc = STANDARD.encode(&shifted);
+        forms.push(enc[4..enc.len() - 4].to_string());
+    }
+    forms
+}
+
+#[test]
+fn key_material_is_never_printed() {
+    let sb = Sandbox::new();
+    let request = sb.join("request.json");
+    let export = sb.join("export.json");
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["init", "--serial", "SN-K"],
+        vec!["init", "--serial", "SN-K"],
+        vec!["boot"],
+        vec!["status"],
+        vec!["gate"],
+        vec!["ledger", "show"],
+        vec!["ledger", "verify"],
+        vec!["ledger", "export"],
+        vec!["ledger", "export", "-o", export.to_str().unwrap()],
+        vec!["checkin"],
+        vec!["checkin", "--request-file", request.to_str().unwrap()],
+        vec![
+            "init",
+            "--service",
+            "http://127.0.0.1:9",
+            "--service-key",
+            "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=",
+        ],
+        vec!["checkin", "--timeout", "1"],
+        vec!["checkin", "--request-file", request.to_str().unwrap()],
+        vec!["status", "--bogus"],
+        vec!["--help"],
+    ];
+    let mut seen = String::new();
+    for args in &runs {
+        for json in [false, true] {
+            let mut a = args.clone();
+            if json {
+                a.push("--json");
+            }
+            let r = sb.cmd(&a).run();
+            seen.push_str(&format!("{a:?}: {}\n{}\n", r.stdout, r.stderr));
+        }
+    }
+    for f in [&request, &export] {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            seen.push_str(&text);
+        }
+    }
+    assert!(seen.contains("SN-K"), "the commands ran: {seen}");
+    let key = std::fs::read(sb.state().join("instance.key")).unwrap();
+    for form in secret_forms(&key) {
+        assert!(
+            !seen.contains(&form),
+            "key material `{form}` was printed:\n{seen}"
+        );
+    }
+}
+
+#[test]
+fn orphaned_ledger_is_never_discarded() {
+    require("sqlite3");
+    // A state dir that lost instance.json but whose ledger has history: neither `boot`
+    // nor `init` may remove the ledger or replace instance.key, however the ledger looks.
+    type Damage = fn(&std::path::Path);
+    let setups: [(&str, Damage); 3] = [
+        ("has history", |_| {}),
+        ("newer schema", |db| {
+            let out = std::process::Command::new("sqlite3")
+                .arg(db)
+                .arg("PRAGMA user_version=99")
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }),
+        ("not a database", |db| {
+            std::fs::write(db, b"this is not an SQLite database, but it is someone's").unwrap()
+        }),
+    ];
+    for (what, damage) in setups {
+        let sb = Sandbox::new();
+        sb.cmd(["init", "--serial", "SN-O"]).ok();
+        sb.cmd(["boot"]).ok();
+        sb.cmd(["boot"]).ok();
+        let st = sb.state();
+        let db = st.join("ledger.sqlite");
+        // Checkpoint everything into the database file so it can be compared whole.
+        sb.cmd(["ledger", "verify"]).ok();
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg("PRAGMA wal_checkpoint(TRUNCATE)")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::remove_file(st.join("instance.json")).unwrap();
+        damage(&db);
+        let key = std::fs::read(st.join("instance.key")).unwrap();
+        let ledger = std::fs::read(&db).unwrap();
+        for args in [vec!["boot"], vec!["init", "--serial", "SN-NEW"]] {
+            let r = sb.cmd(&args).expect(2);
+            assert!(
+                r.stderr.contains("no instance.json"),
+                "{what}: {}",
+                r.stderr
+            );
+            assert!(r.stderr.contains("restore"), "{what}: {}", r.stderr);
+            assert!(
+                r.stderr.contains(st.to_str().unwrap()),
+                "{what}: {}",
+                r.stderr
+            );
+            assert_eq!(
+                std::fs::read(st.join("instance.key")).unwrap(),
+                key,
+                "{what}"
+            );
+            assert_eq!(std::fs::read(&db).unwrap(), ledger, "{what}");
+            assert!(!st.join("instance.json").exists(), "{what}");
+        }
+    }
+
+    // What an interrupted init leaves (key and genesis, no instance.json) is completed,
+    // keeping the key.
+    let sb = Sandbox::new();
+    sb.cmd(["init", "--serial", "SN-I"]).ok();
+    let st = sb.state();
+    std::fs::remove_file(st.join("instance.json")).unwrap();
+    let key = std::fs::read(st.join("instance.key")).unwrap();
+    let doc = sb.cmd(["boot", "--json"]).ok().json();
+    assert_eq!(doc["created"], true);
+    assert_eq!(std::fs::read(st.join("instance.key")).unwrap(), key);
+    sb.cmd(["ledger", "verify"]).ok();
+}
+
+#[test]
+fn each_cause_is_printed_once() {
+    let sb = Sandbox::new();
+    sb.cmd(["init", "--serial", "SN-M"]).ok();
+    std::fs::remove_file(sb.state().join("instance.key")).unwrap();
+    let os_error = std::io::Error::from_raw_os_error(2).to_string();
+    for args in [["status", "--json"], ["boot", "--json"]] {
+        let r = sb.cmd(args).expect(2);
+        assert!(r.stderr.contains("instance.key"), "{}", r.stderr);
+        assert_eq!(r.stderr.matches(&os_error).count(), 1, "{}", r.stderr);
+        let doc = r.json();
+        assert_eq!(doc["error"].as_str().unwrap().matches(&os_error).count(), 1);
+    }
+}
+
+#[test]
+fn verify_without_instance_key_uses_the_genesis_key() {
+    require("sqlite3");
+    let sb = Sandbox::new();
+    sb.cmd(["init", "--serial", "SN-V"]).ok();
+    sb.cmd(["boot"]).ok();
+    std::fs::remove_file(sb.state().join("instance.key")).unwrap();
+    let r = sb.cmd(["ledger", "verify", "--json"]).ok();
+    let doc = r.json();
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["entries"], 2);
+    assert_eq!(doc["instance_key"], "missing");
+    assert!(r.stderr.contains("instance.key is missing"), "{}", r.stderr);
+    // The verdict is still the chain's: a damaged entry is exit 1.
+    let db = sb.state().join("ledger.sqlite");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "DROP TRIGGER entries_no_update; UPDATE entries SET sig = 'AAAA' || substr(sig, 5) WHERE seq = 1",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = sb.cmd(["ledger", "verify", "--json"]).expect(1);
+    assert_eq!(r.json()["first_bad"]["seq"], 1);
+    assert!(r.stderr.contains("instance.key is missing"), "{}", r.stderr);
+}
+
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let sb = Sandbox::new();
+    let state = sb.join("from-file");
+    let cfg = sb.join("c.toml");
+    std::fs::write(&cfg, format!("state_dir = {state:?}\n")).unwrap();
+    // An empty VMLEDGER_STATE_DIR falls through to the config file's state_dir.
+    let doc = sb
+        .cmd(["init", "--serial", "SN-ENV", "--json"])
+        .env("VMLEDGER_CONFIG", &cfg)
+        .env("VMLEDGER_STATE_DIR", "")
+        .ok()
+        .json();
+    assert_eq!(doc["serial"], "SN-ENV");
+    assert!(state.join("instance.json").exists());
+    // An empty VMLEDGER_CONFIG is no config file at all (not a usage error).
+    let doc = sb
+        .cmd(["status", "--json", "--state-dir"])
+        .arg(&state)
+        .env("VMLEDGER_CONFIG", "")
+        .ok()
+        .json();
+    assert_eq!(doc["serial"], "SN-ENV");
+}
+
+#[test]
+fn usage_errors_with_json_are_one_json_document() {
+    for args in [
+        vec!["ledger", "show", "--tail", "x", "--json"],
+        vec!["--json", "no-such-command"],
+        vec!["status", "--json", "--bogus"],
+    ] {
+        let r = Cmd::new(&args).expect(2);
+        let doc = r.json();
+        assert_eq!(doc["format"], "vmledger-error/v1", "{args:?}");
+        assert_eq!(doc["exit_code"], 2);
+        let message = doc["error"].as_str().unwrap();
+        assert!(message.starts_with("usage: "), "{message}");
+        assert!(!r.stderr.is_empty(), "clap's text stays on stderr");
+    }
+    let doc = Cmd::new(["ledger", "show", "--tail", "x", "--json"])
+        .run()
+        .json();
+    assert!(doc["error"].as_str().unwrap().contains("--tail"), "{doc}");
+    // Without --json, nothing on stdout.
+    assert!(Cmd::new(["no-such-command"]).expect(2).stdout.is_empty());
+}
+
+#[test]
+fn init_on_an_initialised_state_says_so_whatever_the_serial() {
+    let sb = Sandbox::new();
+    sb.cmd(["init", "--serial", "SN-A"]).ok();
+    for serial in ["SN-B", "not a valid serial!", ""] {
+        let r = sb.cmd(["init", "--serial", serial]).expect(2);
+        assert!(
+            r.stderr.contains("already initialised"),
+            "{serial:?}: {}",
+            r.stderr
+        );
+    }
 }

@@ -214,3 +214,50 @@ fn unparseable_entry_is_exit_1_not_2() {
     let r = sb.cmd(["ledger", "verify"]).expect(1);
     assert!(r.stdout.contains("seq 1"), "{}", r.stdout);
 }
+
+#[test]
+fn non_utf8_bytes_are_exit_1_naming_the_seq() {
+    // A 0xFF byte written into a stored column (genesis or head entry) is a stored entry
+    // that no longer parses: exit 1 naming its seq, not an I/O error.
+    require("sqlite3");
+    let sb = ledger_with(3);
+    let db = sb.state().join("ledger.sqlite");
+    let clean = sb.state().join("clean.sqlite");
+    sqlite(&db, &format!("VACUUM INTO '{}'", clean.display()));
+    let head = 3u64;
+    for target in [0, head] {
+        for column in ["body", "sig", "hash", "prev", "kind"] {
+            std::fs::copy(&clean, &db).unwrap();
+            let _ = std::fs::remove_file(sb.state().join("ledger.sqlite-wal"));
+            let _ = std::fs::remove_file(sb.state().join("ledger.sqlite-shm"));
+            tamper(
+                &db,
+                &format!(
+                    "UPDATE entries SET {column} = substr({column},1,2) || CAST(X'FF' AS TEXT) || substr({column},4) WHERE seq={target}"
+                ),
+            );
+            let stored = sqlite_query(
+                &db,
+                &format!("SELECT hex({column}) FROM entries WHERE seq={target}"),
+            );
+            assert_eq!(&stored[4..6], "FF", "{column} at seq {target}: {stored}");
+            let r = sb.cmd(["ledger", "verify", "--json"]).run();
+            assert_eq!(
+                r.code, 1,
+                "0xFF in {column} at seq {target}: {}{}",
+                r.stdout, r.stderr
+            );
+            let doc = r.json();
+            assert_eq!(doc["first_bad"]["seq"], target, "{column}: {doc}");
+            let problem = doc["first_bad"]["problem"].as_str().unwrap();
+            assert!(problem.contains("UTF-8"), "{column}: {problem}");
+            assert!(problem.contains(column), "{column}: {problem}");
+        }
+    }
+    // Reading the damaged head on the boot path is an error that names the seq and says
+    // what to do.
+    let r = sb.cmd(["boot"]).expect(2);
+    assert!(r.stderr.contains(&format!("seq {head}")), "{}", r.stderr);
+    assert!(r.stderr.contains("vmledger ledger verify"), "{}", r.stderr);
+    assert!(r.stderr.contains("keep a copy"), "{}", r.stderr);
+}

@@ -222,14 +222,15 @@ fn libvirt(ctx: &Ctx, cfg: &Config, a: LibvirtArgs) -> anyhow::Result<Exit> {
     })();
     match result {
         Err(e) if action.must_not_fail() => {
+            let e = super::output::error_text(&e);
             let line = format!(
-                "vmledger: {} {}: {e:#} (not failing: libvirt would kill the domain or cancel the migration)",
+                "vmledger: {} {}: {e} (not failing: libvirt would kill the domain or cancel the migration)",
                 a.name, a.operation
             );
             eprintln!("{line}");
             if let Ok(dir) = cfg.state_dir() {
                 let _ = HostDir::new(dir).log(&format!(
-                    "{} {} {}: ERROR {e:#}",
+                    "{} {} {}: ERROR {e}",
                     time::format_at(clock.now()),
                     a.name,
                     a.operation

@@ -8,8 +8,8 @@ use serde_json::json;
 use super::Ctx;
 use crate::exit::Exit;
 use crate::fsutil;
-use crate::identity::{Instance, StateDir, is_initialised};
-use crate::keys;
+use crate::identity::{IdentityError, Instance, StateDir, is_initialised};
+use crate::keys::{self, KeyError};
 use crate::ledger::export::{Bundle, EXPORT_FORMAT};
 use crate::ledger::{Ledger, verify};
 use crate::time::{self, Clock, SystemClock};
@@ -72,17 +72,32 @@ fn show(ctx: &Ctx, dir: &StateDir, tail: Option<u64>) -> anyhow::Result<Exit> {
 
 fn verify_cmd(ctx: &Ctx, dir: &StateDir) -> anyhow::Result<Exit> {
     let ledger = Ledger::open(&dir.ledger_path())?;
-    // The instance's own key, when its files are present, must be the genesis key.
-    let expected = if is_initialised(&dir.root) {
-        Some(Instance::open(dir)?.key.public_key())
+    // The instance's own key, when its files are present, must be the genesis key. Without
+    // instance.key the chain is still checked under the genesis entry's key: the missing
+    // key is reported beside the verdict, which it does not change.
+    let (expected, key_file) = if is_initialised(&dir.root) {
+        match Instance::open(dir) {
+            Ok(inst) => (Some(inst.key.public_key()), "checked"),
+            Err(IdentityError::Key(KeyError::Read { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                ctx.out.note(format!(
+                    "vmledger: warning: {} is missing; verifying against the genesis entry's public key only. Restore instance.key from a backup: this instance cannot sign new entries without it",
+                    dir.key_path().display()
+                ));
+                (None, "missing")
+            }
+            Err(e) => return Err(e.into()),
+        }
     } else {
-        None
+        (None, "not_initialised")
     };
     let report = verify::verify(&ledger, expected.as_ref())?;
     let doc = json!({
         "format": "vmledger-verify/v1",
         "ok": report.ok(),
         "ledger": ledger.path(),
+        "instance_key": key_file,
         "entries": report.entries,
         "head_seq": report.head_seq,
         "head_hash": report.head_hash,

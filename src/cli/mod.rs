@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Env, Overrides, ProcessEnv};
 use crate::exit::{self, Exit};
 pub use output::Output;
 
@@ -58,13 +58,17 @@ pub struct Cli {
 }
 
 /// Options accepted before or after any command.
+///
+/// `VMLEDGER_STATE_DIR` and `VMLEDGER_CONFIG` stand in for the flags; they are read by
+/// [`GlobalArgs::with_env`] rather than by clap so that, like every `VMLEDGER_*` variable,
+/// an empty value counts as unset.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// State directory [default: /var/lib/vmledger as root, else $XDG_STATE_HOME/vmledger]
-    #[arg(long, global = true, env = "VMLEDGER_STATE_DIR", value_name = "DIR")]
+    /// State directory (env VMLEDGER_STATE_DIR) [default: /var/lib/vmledger as root, else $XDG_STATE_HOME/vmledger]
+    #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Config file [default: /etc/vmledger/config.toml as root, else $XDG_CONFIG_HOME/vmledger/config.toml]
-    #[arg(long, global = true, env = "VMLEDGER_CONFIG", value_name = "FILE")]
+    /// Config file (env VMLEDGER_CONFIG) [default: /etc/vmledger/config.toml as root, else $XDG_CONFIG_HOME/vmledger/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true)]
@@ -116,6 +120,20 @@ pub enum Command {
     Backup(backup::Command),
 }
 
+impl GlobalArgs {
+    /// Fill options the command line left unset from their environment variables (flags
+    /// beat the environment; empty variables are unset).
+    pub fn with_env(mut self, env: &dyn Env) -> GlobalArgs {
+        if self.state_dir.is_none() {
+            self.state_dir = env.var("VMLEDGER_STATE_DIR").map(PathBuf::from);
+        }
+        if self.config.is_none() {
+            self.config = env.var("VMLEDGER_CONFIG").map(PathBuf::from);
+        }
+        self
+    }
+}
+
 /// What every command gets: the global options and the output mode.
 pub struct Ctx {
     pub global: GlobalArgs,
@@ -138,7 +156,7 @@ impl Ctx {
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let ctx = Ctx {
         out: Output::new(cli.global.json),
-        global: cli.global,
+        global: cli.global.with_env(&ProcessEnv),
     };
     match cli.command {
         Command::Init(a) => init::run(&ctx, a),
@@ -169,7 +187,19 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             // --help and --version are successes; every usage error is 2.
-            return ExitCode::from(if e.use_stderr() { exit::ERROR } else { 0 });
+            if !e.use_stderr() {
+                return ExitCode::SUCCESS;
+            }
+            // Usage errors, like every other error, are one JSON document with --json
+            // (the command line did not parse, so look for the flag itself).
+            let json = std::env::args_os()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json");
+            if json {
+                Output::new(true).usage_error(&e.render().to_string());
+            }
+            return ExitCode::from(exit::ERROR);
         }
     };
     let json = cli.global.json;

@@ -52,11 +52,80 @@ impl Output {
 
     /// Report a failed command.
     pub fn error(&self, err: &anyhow::Error) {
-        let message = format!("{err:#}");
+        let message = error_text(err);
         eprintln!("vmledger: error: {message}");
         if self.json {
-            let doc = json!({"format": "vmledger-error/v1", "error": message, "exit_code": crate::exit::ERROR});
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            error_document(&message);
         }
+    }
+
+    /// The JSON document for a command line that did not parse (clap has already printed
+    /// its own text on stderr): the message without clap's `error: ` and help hints.
+    pub fn usage_error(&self, rendered: &str) {
+        let first = rendered
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        let message = first.trim().trim_start_matches("error: ");
+        error_document(&format!("usage: {message}"));
+    }
+}
+
+fn error_document(message: &str) {
+    let doc =
+        json!({"format": "vmledger-error/v1", "error": message, "exit_code": crate::exit::ERROR});
+    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+}
+
+/// An error and its causes on one line (`outer: cause: root cause`), each cause once.
+///
+/// Most error types already put their source's text in their own message
+/// (`#[error("cannot read {path}: {source}")]`) so that `to_string()` alone says what went
+/// wrong; anyhow's `{:#}` would then print that source a second time. A cause whose text
+/// the line already holds is skipped.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read key file {path}: {source}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_appears_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let io_text = io.to_string();
+        let err = anyhow::Error::new(ReadError {
+            path: "/s/instance.key".into(),
+            source: io,
+        })
+        .context("cannot open the instance");
+        let text = error_text(&err);
+        assert_eq!(
+            text,
+            format!("cannot open the instance: cannot read key file /s/instance.key: {io_text}")
+        );
+        assert_eq!(text.matches(&io_text).count(), 1);
+        // A context whose cause does not repeat it keeps the whole chain.
+        let err = anyhow::Error::new(std::io::Error::other("disk full")).context("cannot write x");
+        assert_eq!(error_text(&err), "cannot write x: disk full");
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::Ctx;
+use crate::config::{Env as _, ProcessEnv};
 use crate::exit::Exit;
 use crate::service::store::ServiceKeyRecord;
 use crate::service::{self, keyring};
@@ -16,8 +17,8 @@ use crate::time::{Clock, SystemClock};
 /// `--db FILE`, shared by `serve`, `service` and `admin`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DbArg {
-    /// Service database [default: `[server] db` from the config, else STATE_DIR/service.sqlite]
-    #[arg(long, global = true, env = "VMLEDGER_DB", value_name = "FILE")]
+    /// Service database (env VMLEDGER_DB) [default: `[server] db` from the config, else STATE_DIR/service.sqlite]
+    #[arg(long, global = true, value_name = "FILE")]
     pub db: Option<PathBuf>,
 }
 
@@ -25,7 +26,12 @@ impl DbArg {
     /// The database path: flag/env > config > default in the state dir.
     pub fn resolve(&self, ctx: &Ctx) -> anyhow::Result<(PathBuf, crate::config::Config)> {
         let cfg = ctx.config(None)?;
-        let path = match (&self.db, &cfg.server.db) {
+        // VMLEDGER_DB is read here, not by clap, so that an empty value counts as unset.
+        let flag = self
+            .db
+            .clone()
+            .or_else(|| ProcessEnv.var("VMLEDGER_DB").map(PathBuf::from));
+        let path = match (&flag, &cfg.server.db) {
             (Some(p), _) => p.clone(),
             (None, Some(p)) => p.clone(),
             (None, None) => cfg.state_dir()?.join("service.sqlite"),

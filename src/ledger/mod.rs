@@ -16,6 +16,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 
 use chrono::Duration;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 
@@ -54,7 +55,9 @@ pub enum LedgerError {
     Missing { path: String },
     #[error("ledger {path} is empty (no genesis entry)")]
     Empty { path: String },
-    #[error("ledger {path}, seq {seq}: {problem}")]
+    #[error(
+        "ledger {path}, seq {seq}: {problem}; the ledger is damaged: run `vmledger ledger verify` to see the first bad entry, and keep a copy of the state directory for support"
+    )]
     Corrupt {
         path: String,
         seq: u64,
@@ -97,11 +100,17 @@ pub struct Row {
     pub kind: String,
     pub body: String,
     pub sig: String,
+    /// Why a text column could not be read as stored (not UTF-8, not text): the columns
+    /// above then hold a lossy rendering and [`Row::parse`] fails with this.
+    pub unreadable: Option<String>,
 }
 
 impl Row {
     /// Parse the stored body into an [`Entry`] and check the denormalised columns agree.
     pub fn parse(&self) -> Result<Entry, Problem> {
+        if let Some(why) = &self.unreadable {
+            return Err(Problem::Unparseable(why.clone()));
+        }
         let body: Body =
             serde_json::from_str(&self.body).map_err(|e| Problem::Unparseable(e.to_string()))?;
         if body.seq != self.seq {
@@ -134,14 +143,48 @@ impl Row {
 
 const ROW_COLUMNS: &str = "seq, hash, prev, kind, body, sig";
 
+/// Read a row without trusting its bytes: a column that is not valid UTF-8 text makes the
+/// row unparseable (a problem of that seq, reported by `ledger verify`), not an error.
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let mut unreadable = None;
+    let mut text = |idx: usize, name: &str| -> rusqlite::Result<String> {
+        let (bytes, what) = match r.get_ref(idx)? {
+            ValueRef::Text(b) => (b, "text"),
+            ValueRef::Blob(b) => (b, "blob"),
+            other => {
+                unreadable.get_or_insert_with(|| {
+                    format!("stored {name} is {:?}, not text", other.data_type())
+                });
+                return Ok(String::new());
+            }
+        };
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => {
+                let at = e.valid_up_to();
+                unreadable.get_or_insert_with(|| {
+                    format!(
+                        "stored {name} is not valid UTF-8 {what} (byte {at} is 0x{:02x})",
+                        bytes[at]
+                    )
+                });
+                Ok(String::from_utf8_lossy(bytes).into_owned())
+            }
+        }
+    };
+    let hash = text(1, "hash")?;
+    let prev = text(2, "prev")?;
+    let kind = text(3, "kind")?;
+    let body = text(4, "body")?;
+    let sig = text(5, "sig")?;
     Ok(Row {
         seq: r.get::<_, i64>(0)? as u64,
-        hash: r.get(1)?,
-        prev: r.get(2)?,
-        kind: r.get(3)?,
-        body: r.get(4)?,
-        sig: r.get(5)?,
+        hash,
+        prev,
+        kind,
+        body,
+        sig,
+        unreadable,
     })
 }
 
@@ -244,7 +287,7 @@ impl Ledger {
     ///
     /// When the clock lags the ledger's time by more than [`CLOCK_ANOMALY_THRESHOLD`], a
     /// `clock_anomaly` entry recording the clock's reading is appended first (once per
-    /// episode: again only after the clock has been seen sane).
+    /// episode: again after the clock has been seen sane, or after a reboot).
     pub fn append(
         &self,
         key: &SigningKey,
@@ -271,10 +314,11 @@ impl Ledger {
         let at_text = time::format_at(at);
 
         let lagging = now + CLOCK_ANOMALY_THRESHOLD < head_at;
-        let open = meta_get(&tx, "clock_anomaly_open")
-            .map_err(|e| self.sql(e))?
-            .is_some();
-        if lagging && !open && kind != "clock_anomaly" {
+        // The open episode's boot id: an episode ends when the clock is seen sane, or
+        // with the boot it was recorded in (a reboot with the clock still behind is news).
+        let open = meta_get(&tx, "clock_anomaly_open").map_err(|e| self.sql(e))?;
+        let recorded_this_boot = open.as_deref() == Some(kernel.boot_id.as_str());
+        if lagging && !recorded_this_boot && kind != "clock_anomaly" {
             let mut d = Map::new();
             d.insert("system_clock".into(), json!(time::format_at(now)));
             d.insert("ledger_time".into(), json!(at_text));
@@ -295,10 +339,10 @@ impl Ledger {
             };
             let e = Entry::seal(body, key).map_err(|p| self.refused("clock_anomaly", p))?;
             insert(&tx, &e).map_err(|e| self.sql(e))?;
-            meta_set(&tx, "clock_anomaly_open", "1").map_err(|e| self.sql(e))?;
+            meta_set(&tx, "clock_anomaly_open", &kernel.boot_id).map_err(|e| self.sql(e))?;
             prev_seq = e.body.seq;
             prev_hash = e.hash;
-        } else if !lagging && open {
+        } else if !lagging && open.is_some() {
             tx.execute("DELETE FROM meta WHERE key = 'clock_anomaly_open'", [])
                 .map_err(|e| self.sql(e))?;
         }
@@ -530,13 +574,22 @@ mod tests {
         // Same episode: no second anomaly.
         let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
         assert_eq!(e.body.seq, 5);
+        // A reboot with the clock still behind: a new anomaly, once for that boot.
+        clock.kernel.boot_id = "another-boot".into();
+        let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
+        assert_eq!(e.body.seq, 7);
+        let a = l.entry(6).unwrap().unwrap();
+        assert_eq!(a.body.kind, "clock_anomaly");
+        assert_eq!(a.body.boot_id, "another-boot");
+        let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
+        assert_eq!(e.body.seq, 8);
         // Clock recovers, then lags again: a new episode is recorded.
         clock.now += Duration::hours(2);
         l.append(&key, "boot", Map::new(), &clock).unwrap();
         clock.now -= Duration::hours(3);
         let e = l.append(&key, "boot", Map::new(), &clock).unwrap();
-        assert_eq!(e.body.seq, 8);
-        assert_eq!(l.entry(7).unwrap().unwrap().body.kind, "clock_anomaly");
+        assert_eq!(e.body.seq, 11);
+        assert_eq!(l.entry(10).unwrap().unwrap().body.kind, "clock_anomaly");
     }
 
     #[test]

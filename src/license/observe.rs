@@ -273,8 +273,8 @@ fn meta_set(ledger: &Ledger, key: &str, value: Option<&str>) -> Result<(), Licen
 }
 
 /// Compute trusted time and, when the system clock lags it by more than
-/// [`CLOCK_ANOMALY_THRESHOLD`], record a `clock_anomaly` (once per episode: again only after
-/// the clock has been seen sane). Caller holds the license lock.
+/// [`CLOCK_ANOMALY_THRESHOLD`], record a `clock_anomaly` (once per episode and boot: again
+/// after the clock has been seen sane, or after a reboot). Caller holds the license lock.
 fn settle_time(
     inst: &Instance,
     ledger: &Ledger,
@@ -284,8 +284,11 @@ fn settle_time(
 ) -> Result<TrustedNow, LicenseError> {
     let now = trusted::trusted_now(&lf.time_inputs(clock));
     let behind = now.system_behind();
-    let open = meta_get(ledger, ANOMALY_KEY)?.is_some();
-    if behind > CLOCK_ANOMALY_THRESHOLD && !open {
+    // The value is the boot id the open episode was recorded in: a reboot with the clock
+    // still behind records a new anomaly; within one boot, one is enough.
+    let open = meta_get(ledger, ANOMALY_KEY)?;
+    let boot_id = clock.kernel().boot_id;
+    if behind > CLOCK_ANOMALY_THRESHOLD && open.as_deref() != Some(boot_id.as_str()) {
         let mut d = Map::new();
         d.insert("system_clock".into(), json!(time::format_at(now.system)));
         d.insert("ledger_time".into(), json!(time::format_at(now.now)));
@@ -296,8 +299,8 @@ fn settle_time(
             floor: now.now,
         };
         recorded.push(ledger.append(&inst.key, kind::CLOCK_ANOMALY, d, &at_least)?);
-        meta_set(ledger, ANOMALY_KEY, Some("1"))?;
-    } else if behind <= CLOCK_ANOMALY_THRESHOLD && open {
+        meta_set(ledger, ANOMALY_KEY, Some(&boot_id))?;
+    } else if behind <= CLOCK_ANOMALY_THRESHOLD && open.is_some() {
         meta_set(ledger, ANOMALY_KEY, None)?;
     }
     if lf.observed.is_none_or(|o| now.now >= o + OBSERVED_STEP) {

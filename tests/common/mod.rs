@@ -1,6 +1,7 @@
 //! Test support shared by every integration test: run the real `vmledger` binary in an
-//! isolated environment (its own HOME, no inherited `VMLEDGER_*` variables) and inspect
-//! what it printed.
+//! isolated environment (its own HOME, no inherited `VMLEDGER_*` variables, an empty config
+//! file so that the machine's `/etc/vmledger/config.toml` never leaks in) and inspect what
+//! it printed.
 #![allow(dead_code)]
 
 pub mod images;
@@ -27,12 +28,20 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox {
+        let sb = Sandbox {
             dir: tempfile::Builder::new()
                 .prefix("vmledger-test-")
                 .tempdir()
                 .expect("tempdir"),
-        }
+        };
+        std::fs::write(sb.empty_config(), "").expect("write the empty config file");
+        sb
+    }
+
+    /// An empty config file, the default `VMLEDGER_CONFIG` of [`Sandbox::cmd`]: commands
+    /// never read the machine's own config file (tests run as root read `/etc/vmledger`).
+    pub fn empty_config(&self) -> PathBuf {
+        self.join("empty-config.toml")
     }
 
     pub fn path(&self) -> &Path {
@@ -49,7 +58,8 @@ impl Sandbox {
         self.join("state")
     }
 
-    /// A `vmledger` command with HOME set to the sandbox and `--state-dir <sandbox>/state`.
+    /// A `vmledger` command with HOME set to the sandbox, `--state-dir <sandbox>/state` and
+    /// the empty config file (both through the environment, so flags still override them).
     pub fn cmd<I, S>(&self, args: I) -> Cmd
     where
         I: IntoIterator<Item = S>,
@@ -58,6 +68,7 @@ impl Sandbox {
         let mut c = Cmd::new(args);
         c.cmd.env("HOME", self.path());
         c.cmd.env("VMLEDGER_STATE_DIR", self.state());
+        c.cmd.env("VMLEDGER_CONFIG", self.empty_config());
         c.cmd.current_dir(self.path());
         c
     }
