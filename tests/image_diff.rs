@@ -124,7 +124,7 @@ fn differing_ranges_are_merged_and_agree_with_qemu_img_compare() {
     assert_eq!((code, ranges(&doc)), (1, want));
     let r = sb.cmd(["diff"]).arg(&raw).arg(&q).expect(1);
     assert!(
-        r.stdout.contains("2 range(s)") && r.stdout.contains("offset 4194304"),
+        r.stdout.contains("2 regions (") && r.stdout.contains("offset 4194304"),
         "{}",
         r.stdout
     );

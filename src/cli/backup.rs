@@ -234,8 +234,8 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<Exit> {
             ));
         } else {
             s.push_str(&format!(
-                "integrity: DIFFERENT: {} byte range(s), {differing} bytes differ from the manifest\n",
-                ranges.len()
+                "integrity: DIFFERENT from the manifest: {}:\n",
+                idiff::summary(&ranges)
             ));
             for r in &ranges {
                 s.push_str(&format!(
