@@ -26,7 +26,8 @@ use crate::fingerprint::image::{
     self, CHUNK_SIZE, Digest, ImageFingerprint, ImageFormat, MAX_VIRTUAL_SIZE, Manifest,
     chunk_count, root_of,
 };
-use crate::hooks::engine::{qemu_alive, read_pid};
+use crate::hooks::engine::{self, qemu_alive, read_pid};
+use crate::hooks::state::RootSource;
 use crate::hooks::{HookError, HostDir, kinds};
 use crate::keys::{self, SigningKey};
 use crate::ledger::Ledger;
@@ -326,7 +327,8 @@ pub enum Meaning {
 /// When the state was recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StateRecord {
-    /// `at_rest` (a recorded stop reached it) or `manifest` (the manifest's host ledger head).
+    /// `at_rest` (a recorded stop reached it), `backup` (recorded when a backup manifest of
+    /// the domain was made) or `manifest` (only the manifest's host ledger head places it).
     pub source: &'static str,
     pub seq: u64,
     pub at: String,
@@ -460,13 +462,32 @@ pub fn impact(dir: &HostDir, body: &Body) -> Result<Impact, BackupError> {
     let domain = domain_of_instance(dir, &instance)?;
     let name = domain.as_ref().map_or(instance.clone(), |d| d.name.clone());
     let mut summary = Vec::new();
-    let state = if let Some(r) = reached.iter().find(|r| r.instance == instance) {
-        summary.push(format!(
-            "This backup holds the state domain {name} reached when it stopped at {} (host ledger seq {}).",
-            r.stopped_at, r.seq
-        ));
+    let record = reached.iter().find(|r| r.instance == instance);
+    let state = if let Some(r) = record {
+        let source = match r.source {
+            RootSource::AtRest => {
+                summary.push(format!(
+                    "This backup holds the state domain {name} reached when it stopped at {} (host ledger seq {}).",
+                    r.stopped_at, r.seq
+                ));
+                "at_rest"
+            }
+            RootSource::Backup => {
+                summary.push(format!(
+                    "This backup holds the state domain {name} had when a backup manifest of it was made at {} (host ledger seq {}{}).",
+                    r.stopped_at,
+                    r.seq,
+                    if r.superseded {
+                        "; it ran on past it"
+                    } else {
+                        ""
+                    }
+                ));
+                "backup"
+            }
+        };
         Some(StateRecord {
-            source: "at_rest",
+            source,
             seq: r.seq,
             at: r.stopped_at.clone(),
         })
@@ -486,22 +507,22 @@ pub fn impact(dir: &HostDir, body: &Body) -> Result<Impact, BackupError> {
         ));
         None
     };
-    let (mut runs_since, mut last_start) = (0u64, None);
-    if let (Some(s), Some(l)) = (&state, dir.open_ledger(&instance)?) {
-        for e in l.entries_from(s.seq + 1)? {
-            if e.body.kind == kinds::HOST_BOOT || e.body.kind == kinds::HOST_RUNNING {
-                runs_since += 1;
-                last_start = Some(e.body.at.clone());
-            }
-        }
-    }
+    let (runs_since, last_start) = match (record, &state) {
+        (Some(r), _) => engine::state_runs_since(dir, r)?,
+        (None, Some(s)) => engine::runs_since(dir, &instance, s.seq)?,
+        (None, None) => (0, None),
+    };
     let running = running_now(dir, &instance)?;
     if state.is_some() {
         if runs_since > 0 {
-            summary.push(format!(
-                "{name} has started {runs_since} time(s) since, most recently at {}: a newer state of this VM has run.",
-                last_start.as_deref().unwrap_or("?")
-            ));
+            summary.push(match &last_start {
+                Some(t) => format!(
+                    "{name} has started {runs_since} time(s) since, most recently at {t}: a newer state of this VM has run."
+                ),
+                None => format!(
+                    "{name} kept running after this backup was made: a newer state of this VM has run."
+                ),
+            });
         } else {
             summary.push(format!(
                 "{name} has not run since: this backup is its latest state."

@@ -648,3 +648,107 @@ fn bad_input_is_an_error_naming_it_and_loses_nothing() {
     assert!(report.ok(), "{report:?}");
     assert_eq!(l.count().unwrap(), 2);
 }
+
+/// `vmledger backup manifest IMG -o OUT --domain DOMAIN --json`, schema-checked.
+fn backup_manifest(h: &Host, img: &Path, out: &Path, domain: &str) -> Value {
+    let d = h
+        .sb
+        .cmd(["--config", h.config.to_str().unwrap(), "--json"])
+        .args(["backup", "manifest", "--domain", domain])
+        .arg(img)
+        .arg("-o")
+        .arg(out)
+        .ok()
+        .json();
+    schemas::assert_valid("backup-manifest-written.schema.json", &d);
+    d
+}
+
+#[test]
+fn a_restored_backup_taken_while_the_original_runs_is_its_state() {
+    let h = Host::new();
+    let a_img = h.image("a.qcow2");
+    let a = xml("app-a", UA, &a_img);
+    h.prepare(&a).ok();
+    qemu_io(&a_img, "qcow2", &["write -P 0x22 1M 64k"]); // the appliance writes
+    // A live backup: copied while app-a runs, then manifested with its domain.
+    let backup = h.sb.join("backup.qcow2");
+    std::fs::copy(&a_img, &backup).unwrap();
+    let d = backup_manifest(&h, &backup, &h.sb.join("backup.json"), "app-a");
+    let rec = &d["recorded"];
+    assert_eq!(rec["running"], true, "{d}");
+    assert_eq!(rec["state"], true, "{d}");
+    assert_eq!(d["host_ledger"]["seq"], rec["seq"], "the signed head is the record");
+    let e = h.entries("app-a"); // every entry schema-checked
+    let b = latest(&e, "backup_manifest");
+    assert_eq!(b["content_root"], root_of(&backup));
+    assert_eq!(b["running"], true);
+    qemu_io(&a_img, "qcow2", &["write -P 0x23 9M 64k"]); // app-a runs on
+
+    // The backup restored as another domain: refused while app-a runs.
+    let restored = h.sb.join("restored.qcow2");
+    std::fs::copy(&backup, &restored).unwrap();
+    let b_xml = xml("app-b", UB, &restored);
+    let r = h.prepare(&b_xml).expect(1);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("refusing to start app-b"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("app-a") && r.stderr.contains("is running now"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("backup"), "{}", r.stderr);
+    h.stop(&b_xml);
+    let f = latest(&h.entries("app-b"), "start_refused")["guard"]["findings"][0].clone();
+    assert_eq!(f["kind"], "duplicate_of_running");
+    assert_eq!(f["state"]["source"], "backup");
+    assert_eq!(f["state"]["seq"], rec["seq"]);
+
+    // app-a stops (its at-rest state is newer than the backup): the restored copy starts
+    // with the restore warning, never silently.
+    h.stop(&a);
+    h.settle(UA);
+    // backup verify says the same: a restore, app-a having run on past the backup.
+    let v = h
+        .sb
+        .cmd(["--config", h.config.to_str().unwrap(), "--json"])
+        .args(["backup", "verify", "--manifest"])
+        .arg(h.sb.join("backup.json"))
+        .arg(&backup)
+        .ok()
+        .json();
+    schemas::assert_valid("backup-verify.schema.json", &v);
+    assert_eq!(v["licensing"]["state"]["source"], "backup");
+    assert_eq!(v["licensing"]["meaning"], "restore", "{v}");
+    assert_eq!(v["licensing"]["runs_since"], 1, "{v}");
+    let r = h.prepare(&b_xml).ok();
+    assert!(r.stderr.contains("restore"), "{}", r.stderr);
+    assert!(r.stderr.contains("must not run again"), "{}", r.stderr);
+    let boot = latest(&h.entries("app-b"), "host_boot").clone();
+    assert_eq!(boot["guard"]["decision"], "allowed_with_warnings");
+    assert_eq!(boot["guard"]["findings"][0]["kind"], "restore");
+
+}
+
+#[test]
+fn a_backup_of_pristine_content_is_no_state() {
+    let h = Host::new();
+    let t = h.image("template.qcow2");
+    let mut xmls = Vec::new();
+    for (name, uuid) in [("c1", UA), ("c2", UB)] {
+        let p = h.sb.join(format!("{name}.qcow2"));
+        std::fs::copy(&t, &p).unwrap();
+        xmls.push(xml(name, uuid, &p));
+    }
+    h.prepare(&xmls[0]).ok();
+    // c1 runs but has not changed its disk: a backup of it is the template's content.
+    let d = backup_manifest(&h, &t, &h.sb.join("t.json"), "c1");
+    assert_eq!(d["recorded"]["state"], false, "{d}");
+    assert!(
+        d["recorded"]["why"].as_str().unwrap().contains("started from"),
+        "{d}"
+    );
+    // So a second domain deployed from the template still starts next to c1.
+    let r = h.prepare(&xmls[1]).ok();
+    assert_eq!(r.stderr, "", "{}", r.stderr);
+}

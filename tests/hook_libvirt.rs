@@ -254,3 +254,95 @@ fn two_domains_deployed_from_one_pristine_template_both_start() {
     }
     drop(stack);
 }
+
+#[test]
+fn a_live_backup_restored_as_another_domain_is_refused_while_the_original_runs() {
+    if !as_root_or_skip() {
+        return;
+    }
+    let (sb, config) = sandbox();
+    let mut stack = Stack::acquire(&sb, &config);
+    let a_img = sb.join("a.qcow2");
+    guest_image(&a_img);
+    let a_log = sb.join("a.serial");
+    let a = stack.define(
+        &sb,
+        "vmlt-la",
+        &domain_xml(
+            "vmlt-la",
+            None,
+            None,
+            Some("52:54:00:6c:74:21"),
+            &[DiskSpec::qcow2("vda", &a_img)],
+            Some(&a_log),
+        ),
+    );
+    let uuid = xml_text(&stack.dumpxml(&a), "uuid").unwrap();
+    let o = start(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_written(&a_log);
+
+    // A backup copied while vmlt-la runs (its state was never recorded at a stop), and its
+    // signed manifest made with the domain named.
+    let backup = sb.join("backup.qcow2");
+    std::fs::copy(&a_img, &backup).unwrap();
+    let d = sb
+        .cmd(["--config", config.to_str().unwrap(), "--json"])
+        .arg("backup")
+        .arg("manifest")
+        .arg("--domain")
+        .arg(&a)
+        .arg(&backup)
+        .arg("-o")
+        .arg(sb.join("backup.json"))
+        .ok()
+        .json();
+    assert_eq!(d["recorded"]["running"], true, "{d}");
+    assert_eq!(d["recorded"]["state"], true, "{d}");
+
+    // Restored as another domain: virsh start is refused while vmlt-la runs.
+    let restored = sb.join("restored.qcow2");
+    std::fs::copy(&backup, &restored).unwrap();
+    std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let b_log = sb.join("b.serial");
+    let b = stack.define(
+        &sb,
+        "vmlt-lb",
+        &domain_xml(
+            "vmlt-lb",
+            None,
+            None,
+            Some("52:54:00:6c:74:22"),
+            &[DiskSpec::qcow2("vda", &restored)],
+            Some(&b_log),
+        ),
+    );
+    let o = start(&b);
+    assert!(!o.status.success(), "the restored backup started");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refusing to start vmlt-lb"), "{err}");
+    assert!(
+        err.contains("vmlt-la") && err.contains("is running now") && err.contains("backup"),
+        "{err}"
+    );
+    assert_eq!(stack.state(&b), "shut off");
+
+    // vmlt-la destroyed: the restored copy starts, with a warning. The test guest writes
+    // its disk once, before the backup, so vmlt-la stopped with the backup's content: its
+    // at-rest record now says so, and starting the copy takes over its latest state (a
+    // guest that ran on would make it a restore, as tests/hook_guard.rs shows).
+    assert!(virsh(&["destroy", &a]).status.success());
+    settle(&sb, &config, &uuid);
+    let o = start(&b);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let boot = latest(&host_entries(&sb, &b), "host_boot").clone();
+    assert_eq!(boot["guard"]["decision"], "allowed_with_warnings", "{boot}");
+    assert_eq!(boot["guard"]["findings"][0]["kind"], "takeover", "{boot}");
+    let log = std::fs::read_to_string(sb.state().join("host/hook.log")).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("vmlt-lb") && l.contains("WARNING"))
+        .unwrap_or_else(|| panic!("no warning in the hook log:\n{log}"));
+    assert!(warning.contains("must not run again"), "{warning}");
+    drop(stack);
+}

@@ -59,6 +59,8 @@ fn json_document_matches_its_schema() {
         .arg(&q)
         .ok()
         .json();
+    // The array as a whole is what the schema describes (as is each object in it).
+    assert_schema("image", &r);
     let arr = r.as_array().expect("array");
     assert_eq!(arr.len(), 2);
     for d in arr {
@@ -140,6 +142,100 @@ fn manifests_hold_the_independently_computed_chunk_digests() {
             .contains(".tmp.")),
         "temporary manifest left behind"
     );
+}
+
+#[test]
+fn one_failing_image_among_several_hides_none_of_the_others() {
+    let sb = Sandbox::new();
+    let a = sample(&sb, "a.raw", 11);
+    let b = sample(&sb, "b.raw", 12);
+    let bad = sb.join("notes.txt");
+    std::fs::write(&bad, "not a disk image\n").unwrap();
+    let missing = sb.join("missing.img");
+
+    // --json: the array holds a result or an error in each argument's place; exit 2.
+    let r = sb
+        .cmd(["fingerprint", "image", "--json"])
+        .arg(&a)
+        .arg(&bad)
+        .arg(&b)
+        .arg(&missing)
+        .expect(2);
+    let doc = r.json();
+    assert_schema("image", &doc);
+    let arr = doc.as_array().expect("array");
+    assert_eq!(arr.len(), 4);
+    assert_eq!(arr[0]["format"], "vmledger-image/v1");
+    assert_eq!(arr[0]["content_root"], raw_root(&a).as_str());
+    assert_eq!(arr[2]["content_root"], raw_root(&b).as_str());
+    for (i, p) in [(1, &bad), (3, &missing)] {
+        assert_eq!(arr[i]["format"], "vmledger-image-error/v1");
+        assert_eq!(arr[i]["path"], p.to_str().unwrap());
+        let e = arr[i]["error"].as_str().unwrap();
+        assert!(e.contains(p.to_str().unwrap()), "error does not name the file: {e}");
+        // ... and the same error on stderr.
+        assert!(r.stderr.contains(e), "{}", r.stderr);
+    }
+    assert!(r.stderr.contains("2 of 4 images"), "{}", r.stderr);
+
+    // Text: the results on stdout, the errors on stderr, exit 2.
+    let r = sb
+        .cmd(["fingerprint", "image"])
+        .arg(&a)
+        .arg(&bad)
+        .arg(&b)
+        .expect(2);
+    assert!(r.stdout.contains(raw_root(&a).as_str()), "{}", r.stdout);
+    assert!(r.stdout.contains(raw_root(&b).as_str()), "{}", r.stdout);
+    assert!(!r.stdout.contains("notes.txt"), "{}", r.stdout);
+    assert!(r.stderr.contains("notes.txt"), "{}", r.stderr);
+
+    // With manifests: the good images' manifests are written, the bad one's is not.
+    let dir = sb.join("mf");
+    std::fs::create_dir(&dir).unwrap();
+    sb.cmd(["fingerprint", "image", "--manifest"])
+        .arg(&dir)
+        .arg(&a)
+        .arg(&bad)
+        .arg(&b)
+        .expect(2);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.raw.manifest.json", "b.raw.manifest.json"]);
+}
+
+#[test]
+fn manifests_that_would_share_a_name_are_refused_up_front() {
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.join("a")).unwrap();
+    std::fs::create_dir(sb.join("b")).unwrap();
+    let a = sample(&sb, "a/disk.img", 13);
+    let b = sample(&sb, "b/disk.img", 14);
+    let dir = sb.join("mf");
+    std::fs::create_dir(&dir).unwrap();
+    for extra in [&b, &a] {
+        let r = sb
+            .cmd(["fingerprint", "image", "--manifest"])
+            .arg(&dir)
+            .arg(&a)
+            .arg(extra)
+            .expect(2);
+        assert!(
+            r.stderr.contains(a.to_str().unwrap())
+                && r.stderr.contains("disk.img.manifest.json"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "nothing fingerprinted");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no manifest written"
+        );
+    }
 }
 
 #[test]

@@ -124,7 +124,7 @@ fn differing_ranges_are_merged_and_agree_with_qemu_img_compare() {
     assert_eq!((code, ranges(&doc)), (1, want));
     let r = sb.cmd(["diff"]).arg(&raw).arg(&q).expect(1);
     assert!(
-        r.stdout.contains("2 range(s)") && r.stdout.contains("offset 4194304"),
+        r.stdout.contains("2 regions (") && r.stdout.contains("offset 4194304"),
         "{}",
         r.stdout
     );
@@ -261,4 +261,49 @@ fn bad_manifests_and_mismatched_kinds_are_errors() {
     std::fs::write(&hw, br#"{"format": "vmledger-hardware/v1"}"#).unwrap();
     let r = sb.cmd(["diff"]).arg(&raw).arg(&hw).expect(2);
     assert!(r.stderr.contains("cannot compare"), "{}", r.stderr);
+}
+
+#[test]
+fn raw_images_that_begin_with_a_brace_are_images() {
+    let sb = Sandbox::new();
+    // A raw disk whose first bytes happen to be `{` (not JSON), one that is valid JSON
+    // without a `format` member padded to a sector, and a copy of each with a change.
+    let mut brace = b"{ not json at all   ".to_vec();
+    brace.resize(1 << 20, 0);
+    brace.extend(pseudo_random(7 << 20, 21));
+    let mut padded = br#"{"disk": 1}"#.to_vec();
+    padded.resize(4 << 20, b' ');
+    padded.extend(pseudo_random(2 << 20, 22));
+    for (name, data) in [("brace.raw", brace), ("padded.raw", padded)] {
+        let a = sb.join(name);
+        std::fs::write(&a, &data).unwrap();
+        let b = sb.join(format!("changed-{name}"));
+        let mut changed = data.clone();
+        let at = data.len() - 1000;
+        changed[at] ^= 0xff;
+        std::fs::write(&b, &changed).unwrap();
+        let (code, doc) = diff(&sb, &a, &a);
+        assert_eq!(code, 0, "{name}");
+        assert_eq!(doc["a"]["kind"], "image");
+        assert_eq!(doc["a"]["content_root"], raw_root(&a).as_str());
+        let (code, doc) = diff(&sb, &a, &b);
+        assert_eq!(code, 1, "{name}");
+        let first = qemu_compare(&a, &b, false).expect("qemu-img sees a difference");
+        let r = ranges(&doc);
+        assert_eq!(r.len(), 1, "{name}: {r:?}");
+        assert!(r[0].0 <= first && first < r[0].0 + r[0].1, "{name}: {r:?} vs {first}");
+        // Against its own manifest too.
+        let m = manifest(&sb, &a);
+        assert_eq!(diff(&sb, &m, &a).0, 0, "{name}");
+    }
+    // A damaged vmledger document still gets a parse error naming the file, not an
+    // image error.
+    let damaged = sb.join("damaged.json");
+    std::fs::write(&damaged, br#"{"format": "vmledger-tree/v1", "trees": [ "#).unwrap();
+    let r = sb.cmd(["diff"]).arg(&damaged).arg(&damaged).expect(2);
+    assert!(
+        r.stderr.contains("damaged.json") && r.stderr.contains("does not parse"),
+        "{}",
+        r.stderr
+    );
 }

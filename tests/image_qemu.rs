@@ -483,3 +483,82 @@ fn a_dirty_image_is_read_like_qemu_reads_it() {
     assert_eq!(root(&sb, &q), raw_root(&raw));
     assert_eq!(converted_root(&sb, &q), raw_root(&raw));
 }
+
+/// Overlays whose header does not name the backing file's format (made by QEMU before
+/// 5.2 without `-F`; QEMU now refuses to create them, so the extension is removed from the
+/// header after the fact, or the header is written from scratch): the backing format is
+/// probed, raw or qcow2, and the root is still that of `qemu-img convert -O raw`.
+#[test]
+fn backing_formats_are_probed_when_the_header_does_not_name_them() {
+    let sb = Sandbox::new();
+    let raw = base_raw(&sb);
+    let base_q = sb.join("probe-base.qcow2");
+    qemu_img(&[
+        "convert",
+        "-c",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        base_q.to_str().unwrap(),
+    ]);
+    let size = std::fs::metadata(&raw).unwrap().len();
+    // 1. qemu-img overlays with writes, over a raw and over a qcow2 backing file, and a
+    //    second overlay over the first: every link's format left to probing.
+    let mut tops = Vec::new();
+    for (backing, fmt) in [("base.raw", "raw"), ("probe-base.qcow2", "qcow2")] {
+        let o = sb.join(format!("over-{fmt}.qcow2"));
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            backing,
+            "-F",
+            fmt,
+            o.to_str().unwrap(),
+        ]);
+        qemu_io(
+            &o,
+            "qcow2",
+            &["write -P 0x5a 1M 64k", "write -z 6M 128k", "write -P 0x33 20M 512"],
+        );
+        let o2 = sb.join(format!("over2-{fmt}.qcow2"));
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            o.file_name().unwrap().to_str().unwrap(),
+            "-F",
+            "qcow2",
+            o2.to_str().unwrap(),
+        ]);
+        qemu_io(&o2, "qcow2", &["write -P 0x66 4100k 8k"]);
+        let with_format = root(&sb, &o2);
+        for img in [&o, &o2] {
+            strip_backing_format(img);
+            assert_eq!(qemu_backing_format(img), None, "{}", img.display());
+        }
+        let doc = fingerprint(&sb, &o2);
+        assert_eq!(doc["content_root"], converted_root(&sb, &o2).as_str(), "{fmt}");
+        assert_eq!(doc["content_root"], with_format.as_str(), "{fmt}");
+        assert_eq!(doc["backing_chain"].as_array().unwrap().len(), 2);
+        assert_eq!(root(&sb, &o), converted_root(&sb, &o), "{fmt}");
+        tops.push(o);
+    }
+    // The writes are really there: the two overlays differ from their bases.
+    assert_ne!(root(&sb, &tops[0]), raw_root(&raw));
+
+    // 2. Headers written from scratch with no format extension at all (all clusters
+    //    unallocated: the backing file shows through).
+    for (backing, fmt) in [("base.raw", "raw"), ("probe-base.qcow2", "qcow2")] {
+        let m = sb.join(format!("mini-{fmt}.qcow2"));
+        mini_qcow2(&m, size, Some((backing, "")));
+        assert_eq!(qemu_backing_format(&m), None);
+        let doc = fingerprint(&sb, &m);
+        assert_eq!(doc["content_root"], raw_root(&raw).as_str(), "{fmt}");
+        assert_eq!(doc["content_root"], converted_root(&sb, &m).as_str(), "{fmt}");
+    }
+}

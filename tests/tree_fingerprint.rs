@@ -102,14 +102,25 @@ fn fifty_thousand_files_links_loop_fifo_and_an_unreadable_file() {
     assert_eq!(pt["errors"][0]["path"], g.unreadable);
     assert_eq!(pt["counts"]["files"], g.files - 1);
 
-    // With --json and no -o, stdout holds exactly one document: the error.
+    // With --json and no -o, stdout holds exactly one document: the incomplete
+    // fingerprint, the same as -o got; the exit status still says 2.
     let r = hwfix::run_as_nobody(
         sb.path(),
         &["fingerprint", "tree", "--json", root.to_str().unwrap()],
     );
-    assert_eq!(r.code, 2);
-    let err: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
-    assert_eq!(err["format"], "vmledger-error/v1");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let doc: Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    schema::assert_valid("tree", &doc);
+    assert_eq!(doc["format"], "vmledger-tree/v1");
+    let jt = &doc["trees"][0];
+    assert_eq!(jt["complete"], false);
+    assert_eq!(jt["errors"], pt["errors"]);
+    assert_eq!(jt["root"], pt["root"]);
+    assert!(
+        r.stderr.contains(&format!("{}: permission denied", g.unreadable)),
+        "{}",
+        r.stderr
+    );
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -1,6 +1,8 @@
-//! `vmledger backup manifest|verify`: a signed chunk manifest when a backup is taken, and
-//! before a restore, which byte ranges differ (exit 0 identical, 1 different) and what
-//! restoring means for the license, in plain words (never changes the exit status).
+//! `vmledger backup manifest|verify`: a signed chunk manifest when a backup is taken (with
+//! the backup recorded in its domain's host ledger, its content as a state of the domain
+//! so the guard knows a restored copy of it), and before a restore, which regions differ
+//! (exit 0 identical, 1 different) and what restoring means for the license, in plain
+//! words (never changes the exit status).
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,7 @@ use crate::backup::{self, BackupError, SignedManifest};
 use crate::exit::Exit;
 use crate::fingerprint::image::diff::{self as idiff, compare_image};
 use crate::fingerprint::image::{self, FormatChoice, Image, Options};
-use crate::hooks::{HostDir, engine};
+use crate::hooks::{Host, HostDir, engine};
 use crate::time::{self, Clock, SystemClock};
 
 #[derive(Debug, clap::Subcommand)]
@@ -52,7 +54,9 @@ pub struct ManifestArgs {
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
     /// The domain the image belongs to (name, uuid or VMID) [default: found from the host
-    /// ledgers by the image's file or content]
+    /// ledgers by the image's file or content]. The backup is recorded in that domain's
+    /// host ledger, its content as a state of the domain: the hook guard then refuses to
+    /// start a copy of it while the domain runs
     #[arg(long)]
     pub domain: Option<String>,
     /// Image format
@@ -115,6 +119,21 @@ fn manifest(ctx: &Ctx, a: ManifestArgs) -> anyhow::Result<Exit> {
         }
         None => backup::domain_of_image(&dir, &a.image, Some(&root))?,
     };
+    // Record the backup in the domain's host ledger (and its content as a state of the
+    // domain, unless pristine) before signing, so the signed head is that record.
+    let recorded = match &domain {
+        Some(d) => {
+            let clock = SystemClock;
+            let host = Host::open(cfg.state_dir()?, cfg.hooks.clone(), &clock)?;
+            Some(host.record_backup(
+                &d.instance,
+                &a.image.to_string_lossy(),
+                &root,
+                fp.virtual_size,
+            )?)
+        }
+        None => None,
+    };
     let head = match &domain {
         Some(d) => backup::ledger_head(&dir, &d.instance)?,
         None => None,
@@ -138,6 +157,7 @@ fn manifest(ctx: &Ctx, a: ManifestArgs) -> anyhow::Result<Exit> {
         "host_ledger": head,
         "created_at": signed.body.created_at,
         "public_key": signed.body.public_key,
+        "recorded": recorded,
     });
     ctx.out.emit(&doc, || {
         let mut s = format!(
@@ -153,6 +173,14 @@ fn manifest(ctx: &Ctx, a: ManifestArgs) -> anyhow::Result<Exit> {
             _ => s.push_str(
                 "\nno domain on this host is known to use this image (pass --domain to name it)",
             ),
+        }
+        if let Some(r) = &recorded {
+            s.push_str(&format!(
+                "\nrecorded in the host ledger (seq {}{}): {}",
+                r.seq,
+                if r.running { ", the domain is running" } else { "" },
+                r.why
+            ));
         }
         s
     })?;
@@ -234,8 +262,8 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<Exit> {
             ));
         } else {
             s.push_str(&format!(
-                "integrity: DIFFERENT: {} byte range(s), {differing} bytes differ from the manifest\n",
-                ranges.len()
+                "integrity: DIFFERENT from the manifest: {}:\n",
+                idiff::summary(&ranges)
             ));
             for r in &ranges {
                 s.push_str(&format!(

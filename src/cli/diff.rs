@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 
 use super::{Ctx, diff_hardware, diff_image, diff_tree};
 use crate::exit::Exit;
+use crate::fingerprint::image::looks_like_json_document;
 
 /// JSON documents larger than this are not fingerprints (a 2 TiB image's manifest is
 /// ~40 MiB); anything larger is treated as an image.
@@ -68,6 +69,11 @@ impl Operand {
 
 /// Classify `path`: a JSON object with a string `format` is a document, anything else an
 /// image. Reads at most [`MAX_DOCUMENT`] bytes and only when the file starts like JSON.
+///
+/// A raw image may begin with `{` too: a file that does not parse as JSON, or parses
+/// without a string `format`, is an image, unless its first bytes name a `format` or a
+/// `vmledger-` kind (a damaged fingerprint or manifest): that is an error naming the file
+/// and where it stops parsing, rather than a confusing image error.
 pub fn classify(path: &Path) -> anyhow::Result<Operand> {
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -80,58 +86,70 @@ pub fn classify(path: &Path) -> anyhow::Result<Operand> {
             path.display()
         );
     }
-    let mut head = [0u8; 64];
+    let mut head = [0u8; 512];
     let n =
         read_up_to(&mut f, &mut head).with_context(|| format!("cannot read {}", path.display()))?;
-    let first = head[..n].iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') && meta.is_file() {
-        // Find the `format` first, streaming (a manifest of a large image is tens of MiB:
-        // it is not loaded as a `serde_json::Value`; its reader streams it again).
-        #[derive(serde::Deserialize)]
-        struct Head {
-            format: Option<serde_json::Value>,
-        }
-        let reader = std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        );
-        let head: Result<Head, _> = serde_json::from_reader(reader);
-        if let Ok(Head {
-            format: Some(serde_json::Value::String(format)),
-        }) = &head
-            && format == crate::fingerprint::image::MANIFEST_FORMAT
-        {
-            return Ok(Operand::Document {
-                path: path.to_path_buf(),
-                format: format.clone(),
-                value: serde_json::Value::Null,
-            });
-        }
-        if meta.len() <= MAX_DOCUMENT {
-            let text =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let value: serde_json::Value = serde_json::from_slice(&text).with_context(|| {
-                format!("{} starts like JSON but does not parse", path.display())
-            })?;
-            let format = value
-                .get("format")
-                .and_then(|f| f.as_str())
-                .with_context(|| {
-                    format!(
-                        "{}: JSON document without a `format` member",
-                        path.display()
-                    )
-                })?
-                .to_string();
-            return Ok(Operand::Document {
-                path: path.to_path_buf(),
-                format,
-                value,
-            });
-        }
+    let head = &head[..n];
+    let first = head.iter().find(|b| !b.is_ascii_whitespace());
+    let image = || {
+        Ok(Operand::Image {
+            path: path.to_path_buf(),
+        })
+    };
+    if first != Some(&b'{') || !meta.is_file() {
+        return image();
     }
-    Ok(Operand::Image {
-        path: path.to_path_buf(),
-    })
+    let claims_document = looks_like_json_document(head);
+    // Find the `format` first, streaming (a manifest of a large image is tens of MiB: it
+    // is not loaded as a `serde_json::Value`; its reader streams it again).
+    #[derive(serde::Deserialize)]
+    struct Head {
+        format: Option<serde_json::Value>,
+    }
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+    );
+    let parsed: Result<Head, _> = serde_json::from_reader(reader);
+    if let Ok(Head {
+        format: Some(serde_json::Value::String(format)),
+    }) = &parsed
+        && format == crate::fingerprint::image::MANIFEST_FORMAT
+    {
+        return Ok(Operand::Document {
+            path: path.to_path_buf(),
+            format: format.clone(),
+            value: serde_json::Value::Null,
+        });
+    }
+    if meta.len() > MAX_DOCUMENT {
+        return image();
+    }
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) if claims_document => {
+            return Err(e).with_context(|| {
+                format!(
+                    "{} looks like a vmledger JSON document but does not parse",
+                    path.display()
+                )
+            });
+        }
+        // Not JSON after all: a raw image whose first byte happens to be `{`.
+        Err(_) => return image(),
+    };
+    match value.get("format").and_then(|f| f.as_str()) {
+        Some(format) => Ok(Operand::Document {
+            path: path.to_path_buf(),
+            format: format.to_string(),
+            value,
+        }),
+        None if claims_document => bail!(
+            "{}: JSON document without a string `format` member",
+            path.display()
+        ),
+        None => image(),
+    }
 }
 
 fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -1,7 +1,8 @@
 //! `vmledger diff A B` for disk images, `vmledger-manifest/v1` manifests and
 //! `vmledger-image/v1` fingerprints, in any combination.
 //!
-//! Prints the differing byte ranges (4 MiB chunks, adjacent ones merged) as a
+//! Prints the differing byte ranges (the chunk-aligned regions that contain changes: whole
+//! 4 MiB chunks, adjacent ones merged, so one changed byte is a 4 MiB range) as a
 //! `vmledger-image-diff/v1` document with `--json`; exits 0 when the contents are the same,
 //! 1 when they differ. A `vmledger-image/v1` fingerprint has no chunk digests, so against
 //! one only identity is known: when the roots differ, `ranges_known` is false and the one
@@ -303,11 +304,7 @@ fn human(d: &DiffDocument) -> String {
         );
         return s;
     }
-    s.push_str(&format!(
-        "  {} range(s), {} bytes:\n",
-        d.ranges.len(),
-        d.differing_bytes
-    ));
+    s.push_str(&format!("  {}:\n", diff::summary(&d.ranges)));
     for r in &d.ranges {
         s.push_str(&format!(
             "  offset {} length {} ({:#x}..{:#x})\n",

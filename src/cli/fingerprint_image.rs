@@ -2,10 +2,14 @@
 //! content root of disk images (raw, sparse, block devices, qcow2 and its chains), and
 //! optionally a `vmledger-manifest/v1` with every chunk digest.
 //!
-//! One `vmledger-image/v1` object for one path, an array for several. On a terminal (and
+//! One `vmledger-image/v1` object for one path, an array for several. With several paths an
+//! image that cannot be fingerprinted does not hide the others: its error is printed on
+//! stderr (and with `--json` stands in its place in the array as a `vmledger-image-error/v1`
+//! object), the others' results are printed, and the exit status is 2. On a terminal (and
 //! never with `--json` or when stderr is not a terminal), an image that takes more than
 //! about a second shows a progress bar on stderr.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -15,7 +19,7 @@ use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Ctx;
-use crate::exit::Exit;
+use crate::exit::{self, Exit};
 use crate::fingerprint::image::manifest::ManifestWriter;
 use crate::fingerprint::image::{self, FormatChoice, Image, ImageFingerprint, Progress};
 
@@ -139,26 +143,90 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             out.display()
         );
     }
-    let mut results = Vec::with_capacity(args.paths.len());
-    for path in &args.paths {
-        let out = args.manifest.as_ref().map(|m| manifest_path(m, path, many));
-        let fp = fingerprint_one(ctx, path, args.format.into(), args.threads, out.as_deref())?;
-        results.push((fp, out));
+    let outs: Vec<Option<PathBuf>> = args
+        .paths
+        .iter()
+        .map(|p| args.manifest.as_ref().map(|m| manifest_path(m, p, many)))
+        .collect();
+    refuse_shared_manifests(&args.paths, &outs)?;
+    if !many {
+        let out = outs.into_iter().next().flatten();
+        let fp = fingerprint_one(
+            ctx,
+            &args.paths[0],
+            args.format.into(),
+            args.threads,
+            out.as_deref(),
+        )?;
+        ctx.out.emit(&fp.document(), || human(&fp, out.as_deref()))?;
+        return Ok(Exit::Ok);
     }
-    let docs: Vec<image::ImageDocument> = results.iter().map(|(fp, _)| fp.document()).collect();
-    let human = || {
+    // Several images: one failing image does not hide the others. Each result (or error)
+    // keeps its place; the errors go to stderr too, and the exit status is 2.
+    let mut results: Vec<(&Path, anyhow::Result<ImageFingerprint>, Option<PathBuf>)> =
+        Vec::with_capacity(args.paths.len());
+    for (path, out) in args.paths.iter().zip(outs) {
+        let r = fingerprint_one(ctx, path, args.format.into(), args.threads, out.as_deref());
+        if let Err(e) = &r {
+            ctx.out.note(format!("vmledger: error: {e:#}"));
+        }
+        results.push((path, r, out));
+    }
+    let docs: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(path, r, _)| match r {
+            Ok(fp) => serde_json::to_value(fp.document()).unwrap_or_default(),
+            Err(e) => serde_json::json!({
+                "format": IMAGE_ERROR_FORMAT,
+                "path": path.to_string_lossy(),
+                "error": format!("{e:#}"),
+            }),
+        })
+        .collect();
+    ctx.out.emit(&docs, || {
         results
             .iter()
-            .map(|(fp, out)| human(fp, out.as_deref()))
+            .filter_map(|(_, r, out)| r.as_ref().ok().map(|fp| human(fp, out.as_deref())))
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    if many {
-        ctx.out.emit(&docs, human)?;
-    } else {
-        ctx.out.emit(&docs[0], human)?;
+    })?;
+    let failed = results.iter().filter(|(_, r, _)| r.is_err()).count();
+    if failed == 0 {
+        return Ok(Exit::Ok);
     }
-    Ok(Exit::Ok)
+    ctx.out.note(format!(
+        "vmledger: {failed} of {} images could not be fingerprinted (errors above{}); the results shown are for the others",
+        results.len(),
+        if ctx.out.json {
+            ", and as vmledger-image-error/v1 entries in the array"
+        } else {
+            ""
+        }
+    ));
+    // The results are complete on stdout; only the status says "error".
+    Ok(Exit::Child(exit::ERROR))
+}
+
+/// `format` of the array entry standing for an image that could not be fingerprinted.
+pub const IMAGE_ERROR_FORMAT: &str = "vmledger-image-error/v1";
+
+/// Two images whose manifests would land on the same file (`a/disk.img` and `b/disk.img`
+/// into one directory, or one image named twice) are refused before anything is read:
+/// one manifest would silently replace the other.
+fn refuse_shared_manifests(paths: &[PathBuf], outs: &[Option<PathBuf>]) -> anyhow::Result<()> {
+    let mut seen: HashMap<&Path, &Path> = HashMap::new();
+    for (path, out) in paths.iter().zip(outs) {
+        let Some(out) = out else { continue };
+        if let Some(first) = seen.insert(out, path) {
+            bail!(
+                "--manifest: {} and {} would both write their manifest to {}; fingerprint them in separate runs with different --manifest directories",
+                first.display(),
+                path.display(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn manifest_path(out: &Path, image: &Path, many: bool) -> PathBuf {

@@ -1,14 +1,16 @@
 //! `vmledger fingerprint tree DIR...`: fingerprint directory trees (paths, types, modes,
 //! sizes, SHA-256 of files, symlink targets; a root digest per tree). Entries that cannot
-//! be read are reported one per line on stderr, the rest is finished, and the command
-//! exits 2. Only reads, except the `-o FILE` the user asks for.
+//! be read are reported one per line on stderr, the rest is finished, the (incomplete)
+//! fingerprint is printed all the same (`complete: false` with its `errors`; with
+//! `--json` it is the one document on stdout) and the command exits 2. Only reads, except
+//! the `-o FILE` the user asks for.
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 
 use super::Ctx;
-use crate::exit::Exit;
+use crate::exit::{self, Exit};
 use crate::fingerprint::tree::{self, Document, Excludes};
 
 #[derive(Debug, clap::Args)]
@@ -42,20 +44,22 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
                 .note(format!("vmledger: {}/{}: {}", t.path, e.path, e.error));
         }
     }
-    if failed == 0 || !ctx.out.json {
-        ctx.out.emit(&doc, || human(&doc))?;
+    // The document is printed either way: an incomplete one says so (`complete: false`
+    // and its `errors`), and only the exit status says "error".
+    ctx.out.emit(&doc, || human(&doc))?;
+    if failed == 0 {
+        return Ok(Exit::Ok);
     }
-    if failed > 0 {
-        bail!(
-            "{failed} entr{} could not be read (listed above); the root digests cover the rest{}",
-            if failed == 1 { "y" } else { "ies" },
-            match &args.output {
-                Some(o) => format!(" and {} holds the incomplete fingerprint", o.display()),
-                None => String::new(),
-            }
-        );
-    }
-    Ok(Exit::Ok)
+    ctx.out.note(format!(
+        "vmledger: error: {failed} entr{} could not be read (listed above); the root digests cover the rest and the fingerprint {} is marked incomplete{}",
+        if failed == 1 { "y" } else { "ies" },
+        if ctx.out.json { "on stdout" } else { "above" },
+        match &args.output {
+            Some(o) => format!("; {} holds it too", o.display()),
+            None => String::new(),
+        }
+    ));
+    Ok(Exit::Child(exit::ERROR))
 }
 
 fn human(doc: &Document) -> String {

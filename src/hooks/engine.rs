@@ -22,8 +22,8 @@ use super::guard::{self, Candidate, CandidateDisk, Finding, ReachedState, Runnin
 use super::host::{self, HostDir};
 use super::settings::{HookSettings, Policy};
 use super::state::{
-    ALLOW_FORMAT, AllowToken, MarkerDisk, ROOT_FORMAT, RUNNING_FORMAT, RootRecord, RunningMarker,
-    name_key,
+    ALLOW_FORMAT, AllowToken, MarkerDisk, ROOT_FORMAT, RUNNING_FORMAT, RootRecord, RootSource,
+    RunningMarker, name_key,
 };
 use super::vm::{Vm, VmDisk};
 use super::{HookError, kinds};
@@ -125,6 +125,20 @@ pub enum SettleOutcome {
     RunningAgain,
     /// Recorded as `disk_at_rest` at `seq`.
     Recorded { seq: u64, disks: usize },
+}
+
+/// What [`Host::record_backup`] recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupRecorded {
+    /// The `backup_manifest` entry.
+    pub seq: u64,
+    /// The domain counted as running here when the manifest was made.
+    pub running: bool,
+    /// The image's content is a state of the domain (in the roots index): the guard refuses
+    /// to start a copy of it while the domain runs, and warns of a restore otherwise.
+    pub state: bool,
+    /// Why, in plain words.
+    pub why: String,
 }
 
 /// The host: its directory, key, settings and clock.
@@ -498,7 +512,7 @@ impl<'a> Host<'a> {
                 {
                     continue;
                 }
-                let (runs_since, last_start) = self.runs_since(&r.instance, r.seq)?;
+                let (runs_since, last_start) = state_runs_since(&self.dir, &r)?;
                 out.push(ReachedState {
                     root: r.content_root,
                     instance: r.instance,
@@ -506,6 +520,7 @@ impl<'a> Host<'a> {
                     name: r.name,
                     seq: r.seq,
                     stopped_at: r.stopped_at,
+                    source: r.source,
                     runs_since,
                     last_start,
                 });
@@ -516,18 +531,7 @@ impl<'a> Host<'a> {
 
     /// Starts of `instance` recorded after `seq`, and when the last one was.
     pub fn runs_since(&self, instance: &str, seq: u64) -> Result<(u64, Option<String>), HookError> {
-        let Some(l) = self.dir.open_ledger(instance)? else {
-            return Ok((0, None));
-        };
-        let mut n = 0;
-        let mut last = None;
-        for e in l.entries_from(seq + 1)? {
-            if e.body.kind == kinds::HOST_BOOT || e.body.kind == kinds::HOST_RUNNING {
-                n += 1;
-                last = Some(e.body.at.clone());
-            }
-        }
-        Ok((n, last))
+        runs_since(&self.dir, instance, seq)
     }
 
     fn take_override(&self, vm: &Vm) -> Result<Option<(AllowToken, bool)>, HookError> {
@@ -1023,8 +1027,10 @@ impl<'a> Host<'a> {
                     seq: e.body.seq,
                     at: e.body.at.clone(),
                     stopped_at: stop.body.at.clone(),
-                    target: d.disk.target.clone(),
+                    target: Some(d.disk.target.clone()),
                     path: d.disk.file.as_ref().map(|f| f.path.clone()),
+                    source: RootSource::AtRest,
+                    superseded: false,
                 })?;
             }
         }
@@ -1071,6 +1077,164 @@ impl<'a> Host<'a> {
         Ok((Some(start), roots))
     }
 
+    // ----- backups -----------------------------------------------------------------------
+
+    /// A backup manifest is being made of an image of domain `instance` holding
+    /// `content_root`: record a `backup_manifest` entry and, unless the content is pristine
+    /// (the domain never ran here, or it is what the domain's run started from), the state
+    /// in the roots index, so the guard treats a restored copy of the backup as the domain's
+    /// state. A backup taken while the domain runs (or older than its latest recorded
+    /// state) is *superseded*: the domain has run on since, so starting a copy of it once
+    /// the domain stopped is a restore. A state already in the index is left as it is (its
+    /// record knows better when it was reached).
+    pub fn record_backup(
+        &self,
+        instance: &str,
+        image: &str,
+        content_root: &str,
+        virtual_size: u64,
+    ) -> Result<BackupRecorded, HookError> {
+        let _g = self.dir.guard_lock()?;
+        let marker = self
+            .reconcile()?
+            .into_iter()
+            .find(|m| m.instance == instance);
+        let ledger =
+            self.dir
+                .open_ledger(instance)?
+                .ok_or_else(|| HookError::UnknownDomain {
+                    query: instance.to_string(),
+                    dir: self.dir.root.clone(),
+                })?;
+        let name = domain_name(&self.dir, instance)?.unwrap_or_else(|| instance.to_string());
+        let uuid = ledger
+            .genesis()?
+            .body
+            .data
+            .get("uuid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut last_run: Option<Entry> = None;
+        for kind in [kinds::HOST_BOOT, kinds::HOST_RUNNING] {
+            if let Some(e) = ledger.latest_of_kind(kind)?
+                && last_run.as_ref().is_none_or(|l| e.body.seq > l.body.seq)
+            {
+                last_run = Some(e);
+            }
+        }
+        let running = marker.is_some();
+        // What the run in progress (or the last run) started from.
+        let start_roots: Vec<String> = match &marker {
+            Some(m) => m.disks.iter().filter_map(|d| d.start_root.clone()).collect(),
+            None => last_run
+                .as_ref()
+                .map(|e| {
+                    recorded_disks(e)
+                        .into_iter()
+                        .filter_map(|d| d.content_root)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let known = self
+            .dir
+            .roots(content_root)?
+            .iter()
+            .any(|r| r.instance == instance);
+        let which_run = if running { "its current" } else { "its last" };
+        let (state, why) = if known {
+            (
+                true,
+                format!("the image holds a state {name} reached after running, already recorded"),
+            )
+        } else if last_run.is_none() {
+            (
+                false,
+                format!(
+                    "{name} has never run on this host: the image is no state it reached by running (a pristine image)"
+                ),
+            )
+        } else if start_roots.iter().any(|r| r == content_root) {
+            (
+                false,
+                format!(
+                    "the image holds what {which_run} run started from, not a state {name} reached by running"
+                ),
+            )
+        } else if running {
+            (
+                true,
+                format!(
+                    "recorded as a state of {name}, taken while it runs: a copy of it must not start while {name} runs"
+                ),
+            )
+        } else {
+            (
+                true,
+                format!(
+                    "recorded as a state of {name}: a copy of it must not start while {name} runs"
+                ),
+            )
+        };
+        // Older than the domain's latest state: it ran on past this content.
+        let superseded = running || {
+            let last_start_seq = last_run.as_ref().map_or(0, |e| e.body.seq);
+            match ledger.latest_of_kind(kinds::DISK_AT_REST)? {
+                Some(e) if e.body.seq > last_start_seq => {
+                    let roots: Vec<String> = recorded_disks(&e)
+                        .into_iter()
+                        .filter_map(|d| d.content_root)
+                        .collect();
+                    !roots.is_empty() && !roots.iter().any(|r| r == content_root)
+                }
+                _ => false,
+            }
+        };
+        let e = self.append(
+            &ledger,
+            kinds::BACKUP_MANIFEST,
+            obj(json!({
+                "image": image,
+                "content_root": content_root,
+                "virtual_size": virtual_size,
+                "running": running,
+                "start_seq": marker.as_ref().map(|m| m.seq),
+                "state": state,
+            })),
+        )?;
+        if state && !known {
+            self.dir.add_root(&RootRecord {
+                format: ROOT_FORMAT.into(),
+                content_root: content_root.to_string(),
+                instance: instance.to_string(),
+                uuid,
+                name: name.clone(),
+                seq: e.body.seq,
+                at: e.body.at.clone(),
+                stopped_at: e.body.at.clone(),
+                target: None,
+                path: Some(image.to_string()),
+                source: RootSource::Backup,
+                superseded,
+            })?;
+        }
+        self.log(
+            &name,
+            "backup",
+            &format!(
+                "backup manifest of {image} (content root {content_root}, seq {}): {why}",
+                e.body.seq
+            ),
+        );
+        Ok(BackupRecorded {
+            seq: e.body.seq,
+            running,
+            state,
+            why,
+        })
+    }
+
     // ----- admin -------------------------------------------------------------------------
 
     /// Find a domain by name, uuid (with or without dashes) or Proxmox VMID among the host
@@ -1115,6 +1279,38 @@ impl<'a> Host<'a> {
         );
         Ok((token, path))
     }
+}
+
+/// Starts of `instance` recorded after `seq`, and when the last one was.
+pub fn runs_since(
+    dir: &HostDir,
+    instance: &str,
+    seq: u64,
+) -> Result<(u64, Option<String>), HookError> {
+    let Some(l) = dir.open_ledger(instance)? else {
+        return Ok((0, None));
+    };
+    let mut n = 0;
+    let mut last = None;
+    for e in l.entries_from(seq + 1)? {
+        if e.body.kind == kinds::HOST_BOOT || e.body.kind == kinds::HOST_RUNNING {
+            n += 1;
+            last = Some(e.body.at.clone());
+        }
+    }
+    Ok((n, last))
+}
+
+/// How often the domain of a recorded state has run since it: the starts recorded after
+/// the entry that recorded it, plus the run that carried on past it when the state was
+/// already superseded then (a backup taken while the domain ran). With the last start's
+/// time when one is recorded.
+pub fn state_runs_since(
+    dir: &HostDir,
+    r: &RootRecord,
+) -> Result<(u64, Option<String>), HookError> {
+    let (n, last) = runs_since(dir, &r.instance, r.seq)?;
+    Ok((n + u64::from(r.superseded), last))
 }
 
 fn marker_disks(vm: &Vm, disks: &[DiskRecord]) -> Vec<MarkerDisk> {

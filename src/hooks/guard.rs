@@ -5,9 +5,10 @@
 //! 1. it is a file (or source) another running domain has open; or
 //! 2. its content is an *appliance state*: a content root some domain reached after
 //!    running (recorded when that domain's disk was found at rest after a stop, and
-//!    different from what the run started from), and another domain that holds this state
-//!    runs now: the domain that reached it, or one whose current run started from it. That
-//!    is a copy of a live appliance.
+//!    different from what the run started from, or when a backup of the domain was
+//!    manifested with `vmledger backup manifest`, even while it ran), and another domain
+//!    that holds this state runs now: the domain that reached it, or one whose current run
+//!    started from it. That is a copy of a live appliance.
 //!
 //! A pristine image (a template no domain ever ran) is no appliance's state, so domains
 //! deployed from one template all start. When the state's domain is not running, the
@@ -18,6 +19,8 @@
 //! No I/O, no clock: [`super::engine`] gathers the inputs and applies the policy.
 
 use serde::Serialize;
+
+pub use super::state::RootSource;
 
 /// A guarded disk of the domain about to start.
 #[derive(Debug, Clone, Default)]
@@ -65,12 +68,36 @@ pub struct ReachedState {
     pub instance: String,
     pub uuid: String,
     pub name: String,
-    /// The `disk_at_rest` entry that recorded it, and when the run ended.
+    /// The entry that recorded it (`disk_at_rest` or `backup_manifest`), and when the run
+    /// ended (for a backup: when its manifest was made).
     pub seq: u64,
     pub stopped_at: String,
-    /// Starts of that domain recorded after `seq`, and the last one's time.
+    pub source: RootSource,
+    /// Starts of that domain recorded after `seq` (plus one when the state was already
+    /// superseded when recorded), and the last one's time when known.
     pub runs_since: u64,
     pub last_start: Option<String>,
+}
+
+impl ReachedState {
+    /// "reached when it stopped at T" / "had when a backup of it was made at T".
+    fn when(&self) -> String {
+        match self.source {
+            RootSource::AtRest => format!("reached when it stopped at {}", self.stopped_at),
+            RootSource::Backup => format!(
+                "had when a backup of it was manifested at {}",
+                self.stopped_at
+            ),
+        }
+    }
+
+    /// " (last started T)" when known.
+    fn last_start_words(&self) -> String {
+        self.last_start
+            .as_deref()
+            .map(|t| format!(" (last started {t})"))
+            .unwrap_or_default()
+    }
 }
 
 /// What a finding is about.
@@ -101,9 +128,12 @@ pub struct Other {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct State {
     pub content_root: String,
-    /// The other (or own) domain's `disk_at_rest` entry.
+    /// The other (or own) domain's entry that recorded it (`disk_at_rest`, or
+    /// `backup_manifest`).
     pub seq: u64,
     pub stopped_at: String,
+    /// `at_rest` or `backup`.
+    pub source: RootSource,
 }
 
 /// One thing the guard found.
@@ -183,14 +213,13 @@ pub fn decide(c: &Candidate, running: &[RunningDomain], reached: &[ReachedState]
             duplicate = true;
             let s = reached_by_r.copied().or_else(|| states.first().copied());
             let why = match reached_by_r {
-                Some(s) => format!(
-                    "holds the state domain {} reached when it stopped at {}",
-                    r.name, s.stopped_at
-                ),
+                Some(s) => format!("holds the state domain {} {}", r.name, s.when()),
                 None => match s {
                     Some(s) => format!(
-                        "holds the state domain {} reached when it stopped at {}, which domain {} started from",
-                        s.name, s.stopped_at, r.name
+                        "holds the state domain {} {}, which domain {} started from",
+                        s.name,
+                        s.when(),
+                        r.name
                     ),
                     None => format!("holds the state domain {} started from", r.name),
                 },
@@ -223,10 +252,9 @@ pub fn decide(c: &Candidate, running: &[RunningDomain], reached: &[ReachedState]
                         other: None,
                         state: Some(state_of(s)),
                         message: format!(
-                            "{} holds the state this domain reached when it stopped at {}, and it has started {} time(s) since: this start goes back to that older state (a restore from backup)",
+                            "{} holds the state this domain {}, and it has run since: this start goes back to that older state (a restore from backup)",
                             disk_words(d),
-                            s.stopped_at,
-                            s.runs_since
+                            s.when()
                         ),
                     });
                 }
@@ -236,13 +264,13 @@ pub fn decide(c: &Candidate, running: &[RunningDomain], reached: &[ReachedState]
                 (
                     FindingKind::Restore,
                     format!(
-                        "{} holds the state domain {} ({}) reached when it stopped at {}; {} has run since (last started {}) and is not running: starting this copy is a restore and makes it the live appliance; {} must not run again on its current disk",
+                        "{} holds the state domain {} ({}) {}; {} has run since{} and is not running: starting this copy is a restore and makes it the live appliance; {} must not run again on its current disk",
                         disk_words(d),
                         s.name,
                         s.uuid,
-                        s.stopped_at,
+                        s.when(),
                         s.name,
-                        s.last_start.as_deref().unwrap_or("at an unknown time"),
+                        s.last_start_words(),
                         s.name
                     ),
                 )
@@ -281,6 +309,7 @@ fn state_of(s: &ReachedState) -> State {
         content_root: s.root.clone(),
         seq: s.seq,
         stopped_at: s.stopped_at.clone(),
+        source: s.source,
     }
 }
 
@@ -329,8 +358,20 @@ mod tests {
             name: name.into(),
             seq: 5,
             stopped_at: "2026-12-04T10:00:00.000Z".into(),
+            source: RootSource::AtRest,
             runs_since,
             last_start: Some("2026-12-04T11:00:00.000Z".into()),
+        }
+    }
+
+    /// A state recorded by `backup manifest` while the domain ran (`runs_since` counts
+    /// that run), with no start recorded since.
+    fn backed_up_while_running(name: &str, root: &str) -> ReachedState {
+        ReachedState {
+            source: RootSource::Backup,
+            runs_since: 1,
+            last_start: None,
+            ..reached(name, root, 1)
         }
     }
 
@@ -385,6 +426,26 @@ mod tests {
         assert_eq!(kinds(&f), vec![(FindingKind::OwnRestore, false)]);
         // Its own latest state: nothing to say.
         assert!(decide(&cand("a", R1, "1:1"), &[], &[reached("a", R1, 0)]).is_empty());
+    }
+
+    #[test]
+    fn a_restored_backup_taken_while_the_original_ran() {
+        // The original runs: refused, in words that say it was a backup.
+        let f = decide(
+            &cand("b", R1, "2:2"),
+            &[running("a", "1:1", T)],
+            &[backed_up_while_running("a", R1)],
+        );
+        assert_eq!(kinds(&f), vec![(FindingKind::DuplicateOfRunning, true)]);
+        assert!(f[0].message.contains("backup"), "{}", f[0].message);
+        assert_eq!(f[0].state.as_ref().unwrap().source, RootSource::Backup);
+        // The original stopped: a restore (it ran on past the backup), with a warning.
+        let f = decide(&cand("b", R1, "2:2"), &[], &[backed_up_while_running("a", R1)]);
+        assert_eq!(kinds(&f), vec![(FindingKind::Restore, false)]);
+        assert!(f[0].message.contains("has run since and is not running"), "{}", f[0].message);
+        // The original itself restored from its backup: a note.
+        let f = decide(&cand("a", R1, "1:1"), &[], &[backed_up_while_running("a", R1)]);
+        assert_eq!(kinds(&f), vec![(FindingKind::OwnRestore, false)]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`vm`]: a VM as the hooks see it, built from libvirt XML or a Proxmox config.
 //! - [`disk`]: disk identity, the quick path, hashing at rest.
 //! - [`guard`]: the duplicate-start rules, pure.
-//! - [`engine`]: what each phase does (start, started, running, stop, settle, allow).
+//! - [`engine`]: what each phase does (start, started, running, stop, settle, allow), and
+//!   recording a backup's state.
 //! - [`libvirt`], [`proxmox`]: the hypervisors' arguments and phases.
 //! - [`install`]: installing the libvirt hook script.
 //!
@@ -31,7 +32,9 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 
-pub use engine::{Decision, Host, SettleMode, SettleOutcome, StartOutcome, StartPhase};
+pub use engine::{
+    BackupRecorded, Decision, Host, SettleMode, SettleOutcome, StartOutcome, StartPhase,
+};
 pub use host::HostDir;
 pub use settings::{HookSettings, HooksSection, Policy};
 pub use vm::{Hypervisor, Vm, VmDisk};
@@ -56,6 +59,9 @@ pub mod kinds {
     pub const HOST_STOP: &str = "host_stop";
     /// Its disks fingerprinted at rest after a stop.
     pub const DISK_AT_REST: &str = "disk_at_rest";
+    /// A signed backup manifest was made of an image of it (`vmledger backup manifest`):
+    /// the image's content root, recorded as a state of the domain unless pristine.
+    pub const BACKUP_MANIFEST: &str = "backup_manifest";
 }
 
 /// Errors of the hooks, naming the file, domain or argument concerned.

@@ -70,6 +70,18 @@ pub struct RunningMarker {
     pub disks: Vec<MarkerDisk>,
 }
 
+/// How a state in the roots index was recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RootSource {
+    /// The domain's disk, fingerprinted at rest after a stop (`disk_at_rest`).
+    #[default]
+    AtRest,
+    /// A backup of the domain (`vmledger backup manifest`, a `backup_manifest` entry),
+    /// possibly taken while it ran.
+    Backup,
+}
+
 /// `roots/<content_root>/<instance>.json`: `instance` reached this content after running,
 /// most recently at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,14 +92,24 @@ pub struct RootRecord {
     pub instance: String,
     pub uuid: String,
     pub name: String,
-    /// The `disk_at_rest` entry that recorded it.
+    /// The entry that recorded it (`disk_at_rest`, or `backup_manifest`).
     pub seq: u64,
-    /// That entry's time (when the disk was found at rest).
+    /// That entry's time (when the disk was found at rest, or the backup's manifest made).
     pub at: String,
-    /// When the run that reached it ended (the `host_stop` entry's `at`).
+    /// When the run that reached it ended (the `host_stop` entry's `at`); for a backup,
+    /// when its manifest was made.
     pub stopped_at: String,
-    pub target: String,
+    /// The disk's target; `None` for a backup (an image file, not a disk of the domain).
+    pub target: Option<String>,
     pub path: Option<String>,
+    /// `at_rest` when absent (records written before backups were recorded).
+    #[serde(default)]
+    pub source: RootSource,
+    /// The domain's content had already moved on from this state when it was recorded (a
+    /// backup taken while the domain ran, or older than its latest recorded state): it
+    /// counts as having run since, whatever starts follow.
+    #[serde(default)]
+    pub superseded: bool,
 }
 
 /// `allow/<key>.json`: let the next start of a domain through the guard once.

@@ -266,8 +266,9 @@ pub fn truncate(path: &Path, len: u64) {
 }
 
 /// A minimal qcow2 v3 image written from scratch: header, optional backing file name
-/// (with its format extension), an all-unallocated L1 table. Enough for chain tests
-/// (cycles, depth) without QEMU, which refuses to create such chains.
+/// (with its format extension; an empty format writes none, as QEMU before 5.2 could, so
+/// the reader must probe the backing file), an all-unallocated L1 table. Enough for chain
+/// tests (cycles, depth, probing) without QEMU, which refuses to create such chains.
 pub fn mini_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) {
     let cs: u64 = 65536;
     let l2_entries = cs / 8;
@@ -285,10 +286,12 @@ pub fn mini_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) {
     h[100..104].copy_from_slice(&112u32.to_be_bytes());
     let mut at = 112;
     if let Some((name, fmt)) = backing {
-        h[at..at + 4].copy_from_slice(&0xe279_2acau32.to_be_bytes());
-        h[at + 4..at + 8].copy_from_slice(&(fmt.len() as u32).to_be_bytes());
-        h[at + 8..at + 8 + fmt.len()].copy_from_slice(fmt.as_bytes());
-        at += 8 + fmt.len().div_ceil(8) * 8;
+        if !fmt.is_empty() {
+            h[at..at + 4].copy_from_slice(&BACKING_FORMAT_EXT.to_be_bytes());
+            h[at + 4..at + 8].copy_from_slice(&(fmt.len() as u32).to_be_bytes());
+            h[at + 8..at + 8 + fmt.len()].copy_from_slice(fmt.as_bytes());
+            at += 8 + fmt.len().div_ceil(8) * 8;
+        }
         at += 8; // end-of-extensions marker (zeros)
         h[8..16].copy_from_slice(&(at as u64).to_be_bytes());
         h[16..20].copy_from_slice(&(name.len() as u32).to_be_bytes());
@@ -298,6 +301,51 @@ pub fn mini_qcow2(path: &Path, size: u64, backing: Option<(&str, &str)>) {
     f.write_all(&h).expect("write header");
     f.seek(SeekFrom::Start(3 * cs)).expect("seek");
     f.set_len(3 * cs).expect("set_len");
+}
+
+/// Header extension type of the backing file format name (qcow2.rst).
+pub const BACKING_FORMAT_EXT: u32 = 0xe279_2aca;
+
+/// Remove the backing file format extension from a v3 qcow2 image's header (the other
+/// extensions are kept, in order), so readers must probe the backing file's format: what
+/// images made by QEMU before 5.2 without `-F` look like. QEMU now refuses to create them.
+pub fn strip_backing_format(path: &Path) {
+    assert_eq!(read_be32(path, hdr::VERSION), 3, "v3 images only");
+    let start = u64::from(read_be32(path, hdr::HEADER_LENGTH));
+    let limit = read_be64(path, hdr::BACKING_OFFSET);
+    let mut at = start;
+    let mut kept: Vec<u8> = Vec::new();
+    let mut found = false;
+    loop {
+        let typ = read_be32(path, at);
+        if typ == 0 {
+            break;
+        }
+        let len = u64::from(read_be32(path, at + 4));
+        let padded = len.div_ceil(8) * 8;
+        if typ == BACKING_FORMAT_EXT {
+            found = true;
+        } else {
+            let f = std::fs::File::open(path).expect("open");
+            let mut ext = vec![0u8; (8 + padded) as usize];
+            f.read_exact_at(&mut ext, at).expect("read extension");
+            kept.extend(ext);
+        }
+        at += 8 + padded;
+        assert!(limit == 0 || at <= limit, "extensions run into the backing name");
+    }
+    assert!(found, "{} has no backing format extension", path.display());
+    // The shorter list, its end marker, and zeros over what the old list used.
+    let old_len = (at + 8 - start) as usize;
+    kept.resize(old_len, 0);
+    write_at(path, start, &kept);
+}
+
+/// The backing format `qemu-img info` reports (`None` when the header names none).
+pub fn qemu_backing_format(path: &Path) -> Option<String> {
+    let out = qemu_img(&["info", "--output=json", path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("qemu-img info JSON");
+    v["backing-filename-format"].as_str().map(str::to_string)
 }
 
 /// Validate `doc` against `schemas/<name>.schema.json` (every schema in `schemas/` is

@@ -2,7 +2,9 @@
 //!
 //! Chunk `i` covers guest bytes `[i * 4 MiB, (i + 1) * 4 MiB)`, cut at the larger of the
 //! two virtual sizes. A chunk differs when its digests differ or only one side has it.
-//! Adjacent differing chunks are merged into one range. Pure functions over values.
+//! Adjacent differing chunks are merged into one range. A range is therefore the
+//! chunk-aligned region that contains changes, not the changed bytes themselves: one
+//! changed byte makes a 4 MiB range. Pure functions over values.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,14 +104,62 @@ pub fn compare_image(
     Ok((fp, rb.finish()))
 }
 
-/// Total bytes covered by `ranges`.
+/// Total bytes covered by `ranges`: the size of the chunk-aligned regions that contain
+/// changes, not the number of bytes that changed (one changed byte makes a 4 MiB region).
 pub fn total(ranges: &[ByteRange]) -> u64 {
     ranges.iter().map(|r| r.length).sum()
+}
+
+/// A byte count for people: `16 MiB` when a whole number of MiB, else the bytes (and MiB).
+pub fn size_words(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{bytes} bytes ({:.1} MiB)", bytes as f64 / MIB as f64)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// What differing `ranges` mean, in words that do not overstate the change: ranges are
+/// the chunk-aligned regions containing changes, e.g. `2 regions (16 MiB in all, whole
+/// 4 MiB chunks) contain changes`.
+pub fn summary(ranges: &[ByteRange]) -> String {
+    format!(
+        "{} region{} ({} in all, whole {} MiB chunks) contain{} changes; how many bytes changed inside them is not known",
+        ranges.len(),
+        if ranges.len() == 1 { "" } else { "s" },
+        size_words(total(ranges)),
+        CHUNK_SIZE >> 20,
+        if ranges.len() == 1 { "s" } else { "" },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_says_regions_not_changed_bytes() {
+        let r = [
+            ByteRange {
+                offset: 0,
+                length: 12 << 20,
+            },
+            ByteRange {
+                offset: 40 << 20,
+                length: 4 << 20,
+            },
+        ];
+        assert_eq!(
+            summary(&r),
+            "2 regions (16 MiB in all, whole 4 MiB chunks) contain changes; how many bytes changed inside them is not known"
+        );
+        assert!(summary(&r[1..]).starts_with("1 region (4 MiB in all, whole 4 MiB chunks) contains changes"));
+        assert_eq!(size_words(4194816), "4194816 bytes (4.0 MiB)");
+        assert_eq!(size_words(512), "512 bytes");
+    }
 
     const C: u64 = CHUNK_SIZE;
 

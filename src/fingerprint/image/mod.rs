@@ -42,6 +42,7 @@ pub use diff::{ByteRange, differing_ranges};
 pub use error::ImageError;
 pub use manifest::{MANIFEST_FORMAT, Manifest};
 pub use map::Compression;
+pub use source::looks_like_json_document;
 
 /// Chunk size of the content root: 4 MiB.
 pub const CHUNK_SIZE: u64 = 4 << 20;

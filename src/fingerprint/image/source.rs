@@ -158,11 +158,7 @@ pub fn sniff(f: &ImageFile, strict: bool) -> Result<Sniffed, ImageError> {
     if !strict {
         return Ok(Sniffed::Raw);
     }
-    let text = head.iter().position(|b| !b.is_ascii_whitespace());
-    if let Some(i) = text
-        && (head[i] == b'{' || head[i] == b'[')
-        && (contains(head, b"\"vmledger-") || contains(head, b"\"format\""))
-    {
+    if looks_like_json_document(head) {
         return Err(not(
             "it is a JSON document (a vmledger fingerprint or manifest?), not an image",
         ));
@@ -181,6 +177,17 @@ pub fn sniff(f: &ImageFile, strict: bool) -> Result<Sniffed, ImageError> {
         }
     }
     Ok(Sniffed::Raw)
+}
+
+/// True when `head` (a file's first bytes) starts like a JSON object or array that names a
+/// `format` or a `vmledger-` kind: a vmledger document, never a disk image. A raw image
+/// that merely begins with `{` is not one.
+pub fn looks_like_json_document(head: &[u8]) -> bool {
+    let text = head.iter().position(|b| !b.is_ascii_whitespace());
+    text.is_some_and(|i| {
+        (head[i] == b'{' || head[i] == b'[')
+            && (contains(head, b"\"vmledger-") || contains(head, b"\"format\""))
+    })
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
