@@ -195,7 +195,8 @@ fn a_modified_copy_is_reported_with_the_exact_byte_ranges() {
     // 1,512 bytes were written; the text says which regions contain them without
     // claiming that 12 MiB changed.
     assert!(
-        t.stdout.contains("2 regions (12 MiB in all, whole 4 MiB chunks) contain changes"),
+        t.stdout
+            .contains("2 regions (12 MiB in all, whole 4 MiB chunks) contain changes"),
         "{}",
         t.stdout
     );

@@ -651,15 +651,14 @@ fn bad_input_is_an_error_naming_it_and_loses_nothing() {
 
 /// `vmledger backup manifest IMG -o OUT --domain DOMAIN --json`, schema-checked.
 fn backup_manifest(h: &Host, img: &Path, out: &Path, domain: &str) -> Value {
-    let d = h
-        .sb
-        .cmd(["--config", h.config.to_str().unwrap(), "--json"])
-        .args(["backup", "manifest", "--domain", domain])
-        .arg(img)
-        .arg("-o")
-        .arg(out)
-        .ok()
-        .json();
+    let d =
+        h.sb.cmd(["--config", h.config.to_str().unwrap(), "--json"])
+            .args(["backup", "manifest", "--domain", domain])
+            .arg(img)
+            .arg("-o")
+            .arg(out)
+            .ok()
+            .json();
     schemas::assert_valid("backup-manifest-written.schema.json", &d);
     d
 }
@@ -678,7 +677,10 @@ fn a_restored_backup_taken_while_the_original_runs_is_its_state() {
     let rec = &d["recorded"];
     assert_eq!(rec["running"], true, "{d}");
     assert_eq!(rec["state"], true, "{d}");
-    assert_eq!(d["host_ledger"]["seq"], rec["seq"], "the signed head is the record");
+    assert_eq!(
+        d["host_ledger"]["seq"], rec["seq"],
+        "the signed head is the record"
+    );
     let e = h.entries("app-a"); // every entry schema-checked
     let b = latest(&e, "backup_manifest");
     assert_eq!(b["content_root"], root_of(&backup));
@@ -709,14 +711,13 @@ fn a_restored_backup_taken_while_the_original_runs_is_its_state() {
     h.stop(&a);
     h.settle(UA);
     // backup verify says the same: a restore, app-a having run on past the backup.
-    let v = h
-        .sb
-        .cmd(["--config", h.config.to_str().unwrap(), "--json"])
-        .args(["backup", "verify", "--manifest"])
-        .arg(h.sb.join("backup.json"))
-        .arg(&backup)
-        .ok()
-        .json();
+    let v =
+        h.sb.cmd(["--config", h.config.to_str().unwrap(), "--json"])
+            .args(["backup", "verify", "--manifest"])
+            .arg(h.sb.join("backup.json"))
+            .arg(&backup)
+            .ok()
+            .json();
     schemas::assert_valid("backup-verify.schema.json", &v);
     assert_eq!(v["licensing"]["state"]["source"], "backup");
     assert_eq!(v["licensing"]["meaning"], "restore", "{v}");
@@ -727,7 +728,6 @@ fn a_restored_backup_taken_while_the_original_runs_is_its_state() {
     let boot = latest(&h.entries("app-b"), "host_boot").clone();
     assert_eq!(boot["guard"]["decision"], "allowed_with_warnings");
     assert_eq!(boot["guard"]["findings"][0]["kind"], "restore");
-
 }
 
 #[test]
@@ -745,7 +745,10 @@ fn a_backup_of_pristine_content_is_no_state() {
     let d = backup_manifest(&h, &t, &h.sb.join("t.json"), "c1");
     assert_eq!(d["recorded"]["state"], false, "{d}");
     assert!(
-        d["recorded"]["why"].as_str().unwrap().contains("started from"),
+        d["recorded"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("started from"),
         "{d}"
     );
     // So a second domain deployed from the template still starts next to c1.

@@ -172,7 +172,10 @@ fn one_failing_image_among_several_hides_none_of_the_others() {
         assert_eq!(arr[i]["format"], "vmledger-image-error/v1");
         assert_eq!(arr[i]["path"], p.to_str().unwrap());
         let e = arr[i]["error"].as_str().unwrap();
-        assert!(e.contains(p.to_str().unwrap()), "error does not name the file: {e}");
+        assert!(
+            e.contains(p.to_str().unwrap()),
+            "error does not name the file: {e}"
+        );
         // ... and the same error on stderr.
         assert!(r.stderr.contains(e), "{}", r.stderr);
     }
@@ -224,8 +227,7 @@ fn manifests_that_would_share_a_name_are_refused_up_front() {
             .arg(extra)
             .expect(2);
         assert!(
-            r.stderr.contains(a.to_str().unwrap())
-                && r.stderr.contains("disk.img.manifest.json"),
+            r.stderr.contains(a.to_str().unwrap()) && r.stderr.contains("disk.img.manifest.json"),
             "{}",
             r.stderr
         );

@@ -291,7 +291,10 @@ fn raw_images_that_begin_with_a_brace_are_images() {
         let first = qemu_compare(&a, &b, false).expect("qemu-img sees a difference");
         let r = ranges(&doc);
         assert_eq!(r.len(), 1, "{name}: {r:?}");
-        assert!(r[0].0 <= first && first < r[0].0 + r[0].1, "{name}: {r:?} vs {first}");
+        assert!(
+            r[0].0 <= first && first < r[0].0 + r[0].1,
+            "{name}: {r:?} vs {first}"
+        );
         // Against its own manifest too.
         let m = manifest(&sb, &a);
         assert_eq!(diff(&sb, &m, &a).0, 0, "{name}");

@@ -521,7 +521,11 @@ fn backing_formats_are_probed_when_the_header_does_not_name_them() {
         qemu_io(
             &o,
             "qcow2",
-            &["write -P 0x5a 1M 64k", "write -z 6M 128k", "write -P 0x33 20M 512"],
+            &[
+                "write -P 0x5a 1M 64k",
+                "write -z 6M 128k",
+                "write -P 0x33 20M 512",
+            ],
         );
         let o2 = sb.join(format!("over2-{fmt}.qcow2"));
         qemu_img(&[
@@ -542,7 +546,11 @@ fn backing_formats_are_probed_when_the_header_does_not_name_them() {
             assert_eq!(qemu_backing_format(img), None, "{}", img.display());
         }
         let doc = fingerprint(&sb, &o2);
-        assert_eq!(doc["content_root"], converted_root(&sb, &o2).as_str(), "{fmt}");
+        assert_eq!(
+            doc["content_root"],
+            converted_root(&sb, &o2).as_str(),
+            "{fmt}"
+        );
         assert_eq!(doc["content_root"], with_format.as_str(), "{fmt}");
         assert_eq!(doc["backing_chain"].as_array().unwrap().len(), 2);
         assert_eq!(root(&sb, &o), converted_root(&sb, &o), "{fmt}");
@@ -559,6 +567,10 @@ fn backing_formats_are_probed_when_the_header_does_not_name_them() {
         assert_eq!(qemu_backing_format(&m), None);
         let doc = fingerprint(&sb, &m);
         assert_eq!(doc["content_root"], raw_root(&raw).as_str(), "{fmt}");
-        assert_eq!(doc["content_root"], converted_root(&sb, &m).as_str(), "{fmt}");
+        assert_eq!(
+            doc["content_root"],
+            converted_root(&sb, &m).as_str(),
+            "{fmt}"
+        );
     }
 }

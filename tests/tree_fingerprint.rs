@@ -117,7 +117,8 @@ fn fifty_thousand_files_links_loop_fifo_and_an_unreadable_file() {
     assert_eq!(jt["errors"], pt["errors"]);
     assert_eq!(jt["root"], pt["root"]);
     assert!(
-        r.stderr.contains(&format!("{}: permission denied", g.unreadable)),
+        r.stderr
+            .contains(&format!("{}: permission denied", g.unreadable)),
         "{}",
         r.stderr
     );

@@ -178,7 +178,11 @@ fn manifest(ctx: &Ctx, a: ManifestArgs) -> anyhow::Result<Exit> {
             s.push_str(&format!(
                 "\nrecorded in the host ledger (seq {}{}): {}",
                 r.seq,
-                if r.running { ", the domain is running" } else { "" },
+                if r.running {
+                    ", the domain is running"
+                } else {
+                    ""
+                },
                 r.why
             ));
         }
@@ -276,7 +280,9 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<Exit> {
             }
         }
         if !signed_here {
-            s.push_str("  the manifest was signed by another host's key (it verifies under its own key)\n");
+            s.push_str(
+                "  the manifest was signed by another host's key (it verifies under its own key)\n",
+            );
         }
         s.push_str("licensing (from the host ledger; does not change the exit status):\n");
         for line in impact.summary.iter().chain(notes.iter()) {
@@ -291,7 +297,11 @@ fn verify(ctx: &Ctx, a: VerifyArgs) -> anyhow::Result<Exit> {
                     g["head_seq"],
                     g["head_hash"].as_str().unwrap_or("?"),
                     g["head_at"].as_str().unwrap_or("?"),
-                    if g["verified"] == true { "" } else { " (DOES NOT VERIFY)" }
+                    if g["verified"] == true {
+                        ""
+                    } else {
+                        " (DOES NOT VERIFY)"
+                    }
                 )),
             }
         }

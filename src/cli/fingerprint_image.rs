@@ -158,7 +158,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Exit> {
             args.threads,
             out.as_deref(),
         )?;
-        ctx.out.emit(&fp.document(), || human(&fp, out.as_deref()))?;
+        ctx.out
+            .emit(&fp.document(), || human(&fp, out.as_deref()))?;
         return Ok(Exit::Ok);
     }
     // Several images: one failing image does not hide the others. Each result (or error)

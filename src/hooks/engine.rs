@@ -1099,13 +1099,13 @@ impl<'a> Host<'a> {
             .reconcile()?
             .into_iter()
             .find(|m| m.instance == instance);
-        let ledger =
-            self.dir
-                .open_ledger(instance)?
-                .ok_or_else(|| HookError::UnknownDomain {
-                    query: instance.to_string(),
-                    dir: self.dir.root.clone(),
-                })?;
+        let ledger = self
+            .dir
+            .open_ledger(instance)?
+            .ok_or_else(|| HookError::UnknownDomain {
+                query: instance.to_string(),
+                dir: self.dir.root.clone(),
+            })?;
         let name = domain_name(&self.dir, instance)?.unwrap_or_else(|| instance.to_string());
         let uuid = ledger
             .genesis()?
@@ -1126,7 +1126,11 @@ impl<'a> Host<'a> {
         let running = marker.is_some();
         // What the run in progress (or the last run) started from.
         let start_roots: Vec<String> = match &marker {
-            Some(m) => m.disks.iter().filter_map(|d| d.start_root.clone()).collect(),
+            Some(m) => m
+                .disks
+                .iter()
+                .filter_map(|d| d.start_root.clone())
+                .collect(),
             None => last_run
                 .as_ref()
                 .map(|e| {
@@ -1305,10 +1309,7 @@ pub fn runs_since(
 /// the entry that recorded it, plus the run that carried on past it when the state was
 /// already superseded then (a backup taken while the domain ran). With the last start's
 /// time when one is recorded.
-pub fn state_runs_since(
-    dir: &HostDir,
-    r: &RootRecord,
-) -> Result<(u64, Option<String>), HookError> {
+pub fn state_runs_since(dir: &HostDir, r: &RootRecord) -> Result<(u64, Option<String>), HookError> {
     let (n, last) = runs_since(dir, &r.instance, r.seq)?;
     Ok((n + u64::from(r.superseded), last))
 }

@@ -440,11 +440,23 @@ mod tests {
         assert!(f[0].message.contains("backup"), "{}", f[0].message);
         assert_eq!(f[0].state.as_ref().unwrap().source, RootSource::Backup);
         // The original stopped: a restore (it ran on past the backup), with a warning.
-        let f = decide(&cand("b", R1, "2:2"), &[], &[backed_up_while_running("a", R1)]);
+        let f = decide(
+            &cand("b", R1, "2:2"),
+            &[],
+            &[backed_up_while_running("a", R1)],
+        );
         assert_eq!(kinds(&f), vec![(FindingKind::Restore, false)]);
-        assert!(f[0].message.contains("has run since and is not running"), "{}", f[0].message);
+        assert!(
+            f[0].message.contains("has run since and is not running"),
+            "{}",
+            f[0].message
+        );
         // The original itself restored from its backup: a note.
-        let f = decide(&cand("a", R1, "1:1"), &[], &[backed_up_while_running("a", R1)]);
+        let f = decide(
+            &cand("a", R1, "1:1"),
+            &[],
+            &[backed_up_while_running("a", R1)],
+        );
         assert_eq!(kinds(&f), vec![(FindingKind::OwnRestore, false)]);
     }
 

@@ -332,7 +332,10 @@ pub fn strip_backing_format(path: &Path) {
             kept.extend(ext);
         }
         at += 8 + padded;
-        assert!(limit == 0 || at <= limit, "extensions run into the backing name");
+        assert!(
+            limit == 0 || at <= limit,
+            "extensions run into the backing name"
+        );
     }
     assert!(found, "{} has no backing format extension", path.display());
     // The shorter list, its end marker, and zeros over what the old list used.

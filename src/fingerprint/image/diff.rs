@@ -156,7 +156,10 @@ mod tests {
             summary(&r),
             "2 regions (16 MiB in all, whole 4 MiB chunks) contain changes; how many bytes changed inside them is not known"
         );
-        assert!(summary(&r[1..]).starts_with("1 region (4 MiB in all, whole 4 MiB chunks) contains changes"));
+        assert!(
+            summary(&r[1..])
+                .starts_with("1 region (4 MiB in all, whole 4 MiB chunks) contains changes")
+        );
         assert_eq!(size_words(4194816), "4194816 bytes (4.0 MiB)");
         assert_eq!(size_words(512), "512 bytes");
     }
