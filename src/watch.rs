@@ -712,12 +712,11 @@ pub fn run(
     };
 
     let mut obs = observe_now(&mut snapshots, &mut on_event)?;
-    on_event(&Event::Ready {
-        paths: roots.to_vec(),
-    });
     let mut recorded = 0u64;
     // Changes made while nothing watched: the current lock episode's copy against what is
-    // there now (nothing differs from a copy just taken).
+    // there now (nothing differs from a copy just taken). Before `Ready`, so that a change
+    // made after `Ready` is an event, never mistaken for one made before (the watches are
+    // already in place: what happens meanwhile is queued).
     if obs.state().blocks_config() {
         for root in roots {
             let Some(snap) = snapshots.get(root) else {
@@ -745,6 +744,9 @@ pub fn run(
             }
         }
     }
+    on_event(&Event::Ready {
+        paths: roots.to_vec(),
+    });
     loop {
         if opts.exit_after.is_some_and(|n| recorded >= n) {
             return Ok(recorded);

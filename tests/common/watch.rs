@@ -15,6 +15,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub struct Watch {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Lines printed before `watching` (changes found at start-up), not yet waited for.
+    backlog: std::collections::VecDeque<String>,
 }
 
 impl Watch {
@@ -33,21 +35,42 @@ impl Watch {
                 }
             }
         });
-        let mut w = Watch { child, lines };
-        w.wait_for("watching");
+        let mut w = Watch {
+            child,
+            lines,
+            backlog: Default::default(),
+        };
+        let mut before = Vec::new();
+        loop {
+            let l = w.next_line("watching");
+            if l.contains("watching") {
+                break;
+            }
+            before.push(l);
+        }
+        w.backlog.extend(before);
         w
+    }
+
+    fn next_line(&mut self, what: &str) -> String {
+        if let Some(l) = self.backlog.pop_front() {
+            return l;
+        }
+        match self.lines.recv_timeout(DEADLINE) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!("watch never printed `{what}`");
+            }
+        }
     }
 
     /// Wait for a stderr line containing `what`.
     pub fn wait_for(&mut self, what: &str) -> String {
         loop {
-            match self.lines.recv_timeout(DEADLINE) {
-                Ok(l) if l.contains(what) => return l,
-                Ok(_) => continue,
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("watch never printed `{what}`");
-                }
+            let l = self.next_line(what);
+            if l.contains(what) {
+                return l;
             }
         }
     }
