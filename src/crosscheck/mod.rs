@@ -37,8 +37,12 @@ pub use serial::Group;
 
 use crate::rules::Policy;
 
-/// Serial groups judged per parallel chunk (bounds the results held at once).
+/// Serial groups judged per parallel chunk (bounds the results held at once: two chunks,
+/// one being written while the next is judged).
 const CHUNK: usize = 512;
+
+/// One serial group's report and the files that could not be read.
+type Judged = (SerialReport, Vec<input::FileNote>);
 
 /// How to cross-check.
 #[derive(Debug, Clone, Default)]
@@ -132,19 +136,32 @@ pub fn run(
         timelines: opts.timelines,
     };
     index.for_each_partition::<CrosscheckError>(&mut |groups: Vec<Group>| {
-        for chunk in groups.chunks(CHUNK) {
-            let results: Vec<(SerialReport, Vec<input::FileNote>)> = chunk
-                .par_iter()
-                .map(|g| serial::judge_group(g, &ctx))
-                .collect();
-            for (r, unreadable) in results {
-                summary.unreadable += unreadable.len() as u64;
-                head.unreadable.extend(unreadable);
-                summary.add(&r);
-                sink.serial(&r).map_err(CrosscheckError::Write)?;
+        // The pool judges the next chunk while this thread writes the last one's reports
+        // (writing a large JSON report is serial work that would otherwise idle the pool).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Judged>>(1);
+        std::thread::scope(|s| {
+            let (groups, ctx) = (&groups, &ctx);
+            s.spawn(move || {
+                for chunk in groups.chunks(CHUNK) {
+                    let results = chunk
+                        .par_iter()
+                        .map(|g| serial::judge_group(g, ctx))
+                        .collect();
+                    if tx.send(results).is_err() {
+                        break;
+                    }
+                }
+            });
+            for results in rx {
+                for (r, unreadable) in results {
+                    summary.unreadable += unreadable.len() as u64;
+                    head.unreadable.extend(unreadable);
+                    summary.add(&r);
+                    sink.serial(&r).map_err(CrosscheckError::Write)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     })?;
     summary.decide();
     sink.finish(&head, &summary)
