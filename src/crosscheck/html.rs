@@ -310,16 +310,7 @@ impl<W: Write> HtmlSink<W> {
             esc(serial),
             k = kind.as_str()
         )?;
-        for v in &s.verdicts {
-            writeln!(
-                self.w,
-                r#"<p class="why"><b>{} ({})</b>, verdict <code>{}</code>: {}</p>"#,
-                esc(v["kind"].as_str().unwrap_or_default()),
-                esc(v["rule"].as_str().unwrap_or_default()),
-                esc(v["verdict"].as_str().unwrap_or_default()),
-                esc(v["explanation"].as_str().unwrap_or_default())
-            )?;
-        }
+        self.why(&s.verdicts)?;
         if let Some(t) = &s.timeline {
             writeln!(self.w, "{}", svg(t))?;
         }
@@ -343,6 +334,21 @@ impl<W: Write> HtmlSink<W> {
         writeln!(self.w, "</table></section>")
     }
 
+    /// One paragraph per verdict: what fired, under which rule, and why.
+    fn why(&mut self, verdicts: &[serde_json::Value]) -> io::Result<()> {
+        for v in verdicts {
+            writeln!(
+                self.w,
+                r#"<p class="why"><b>{} ({})</b>, verdict <code>{}</code>: {}</p>"#,
+                esc(v["kind"].as_str().unwrap_or_default()),
+                esc(v["rule"].as_str().unwrap_or_default()),
+                esc(v["verdict"].as_str().unwrap_or_default()),
+                esc(v["explanation"].as_str().unwrap_or_default())
+            )?;
+        }
+        Ok(())
+    }
+
     fn instance(&mut self, serial: &str, i: &InstanceReport) -> io::Result<()> {
         let anchor = format!("i-{}", esc(&i.instance));
         self.index.push((
@@ -358,16 +364,7 @@ impl<W: Write> HtmlSink<W> {
             esc(serial),
             v = i.verdict.as_str()
         )?;
-        for v in &i.verdicts {
-            writeln!(
-                self.w,
-                r#"<p class="why"><b>{} ({})</b>, verdict <code>{}</code>: {}</p>"#,
-                esc(v["kind"].as_str().unwrap_or_default()),
-                esc(v["rule"].as_str().unwrap_or_default()),
-                esc(v["verdict"].as_str().unwrap_or_default()),
-                esc(v["explanation"].as_str().unwrap_or_default())
-            )?;
-        }
+        self.why(&i.verdicts)?;
         for id in &i.serial_verdicts {
             writeln!(
                 self.w,
