@@ -164,7 +164,7 @@ fn main() {
     let t1 = median(t1);
     let entries = (BIG + 40 + 3) as f64;
     println!(
-        "ledger verify, 1 thread: {:.0} entries/s = {:.2}x ring single-core (the rest is parsing and hashing)",
+        "ledger verify, 1 checking thread (RAYON_NUM_THREADS=1; SQLite reads overlap on another): {:.0} entries/s = {:.2}x ring single-core",
         entries / t1.as_secs_f64(),
         entries / t1.as_secs_f64() / rate
     );

@@ -242,6 +242,215 @@ fn check_paths(value: &Value, path: &str) -> Result<(), CanonError> {
     }
 }
 
+/// Deepest nesting [`is_canonical`] accepts (`serde_json` refuses beyond 128 levels).
+const MAX_DEPTH: usize = 100;
+
+/// Whether `text` is exactly the RFC 8785 canonical text of a JSON value that obeys the
+/// value rules (no floats, integers within ±(2^53-1)): the answer of parsing it and
+/// comparing [`to_vec`] of the value with it, without building the value.
+///
+/// Verifiers of stored canonical text (the ledger's `body` column) use it to hash and
+/// check the stored bytes as they are, instead of re-writing every body: it reads each
+/// byte once and allocates nothing unless an object member name holds an escape. It may
+/// refuse text the slow path accepts (nesting deeper than 100 levels), never the reverse
+/// (property test below): callers fall back to the slow path, which names the problem.
+pub fn is_canonical(text: &str) -> bool {
+    let mut s = Scan {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    s.value(0) && s.i == s.b.len()
+}
+
+/// A cursor over text that [`is_canonical`] checks.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+/// Where a string's contents lie (between the quotes) and whether it holds an escape.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn literal(&mut self, l: &[u8]) -> bool {
+        let ok = self.b[self.i..].starts_with(l);
+        if ok {
+            self.i += l.len();
+        }
+        ok
+    }
+
+    fn value(&mut self, depth: usize) -> bool {
+        match self.peek() {
+            Some(b'{') => depth < MAX_DEPTH && self.object(depth + 1),
+            Some(b'[') => depth < MAX_DEPTH && self.array(depth + 1),
+            Some(b'"') => self.string().is_some(),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'n') => self.literal(b"null"),
+            Some(b'-' | b'0'..=b'9') => self.integer(),
+            _ => false,
+        }
+    }
+
+    /// `0` or `-?[1-9][0-9]*` within the safe range. What follows (`.`, `e`) is the
+    /// caller's to refuse: only `,`, `]`, `}` or the end may follow a value.
+    fn integer(&mut self) -> bool {
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let d = &self.b[start..self.i];
+        // 2^53-1 has 16 digits; "-0" and leading zeros are not canonical.
+        if d.is_empty() || d.len() > 16 || (d[0] == b'0' && (d.len() > 1 || negative)) {
+            return false;
+        }
+        d.iter().fold(0u64, |n, c| n * 10 + u64::from(c - b'0')) <= MAX_SAFE_INTEGER
+    }
+
+    /// A string escaped as RFC 8785 (and `serde_json`) escape: `\"`, `\\`, the five short
+    /// forms, `\u00xx` (lowercase) for the other control characters, everything else raw.
+    fn string(&mut self) -> Option<Span> {
+        self.i += 1;
+        let start = self.i;
+        let mut escaped = false;
+        loop {
+            // Skip plain bytes in bulk: up to the next quote or backslash, refusing raw
+            // control characters on the way (a fold, not an early exit, so it vectorises).
+            let rest = &self.b[self.i..];
+            let plain = memchr::memchr2(b'"', b'\\', rest)?;
+            if rest[..plain].iter().fold(false, |c, &b| c | (b < 0x20)) {
+                return None;
+            }
+            self.i += plain;
+            if self.b[self.i] == b'"' {
+                let end = self.i;
+                self.i += 1;
+                return Some(Span {
+                    start,
+                    end,
+                    escaped,
+                });
+            }
+            // A backslash.
+            escaped = true;
+            match *self.b.get(self.i + 1)? {
+                b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 2,
+                b'u' => {
+                    let h = self.b.get(self.i + 2..self.i + 6)?;
+                    let low = match h[3] {
+                        c @ b'0'..=b'9' => c - b'0',
+                        c @ b'a'..=b'f' => c - b'a' + 10,
+                        _ => return None,
+                    };
+                    let code = match (h[0], h[1], h[2]) {
+                        (b'0', b'0', b'0') => low,
+                        (b'0', b'0', b'1') => 16 + low,
+                        _ => return None,
+                    };
+                    // \b \t \n \f \r have short forms.
+                    if matches!(code, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                        return None;
+                    }
+                    self.i += 6;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return true;
+        }
+        let mut previous: Option<Span> = None;
+        loop {
+            if self.peek() != Some(b'"') {
+                return false;
+            }
+            let Some(name) = self.string() else {
+                return false;
+            };
+            if previous.is_some_and(|p| !self.sorts_before(p, name)) {
+                return false;
+            }
+            previous = Some(name);
+            if self.peek() != Some(b':') {
+                return false;
+            }
+            self.i += 1;
+            if !self.value(depth) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.i += 1;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return true;
+        }
+        loop {
+            if !self.value(depth) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Whether member name `a` sorts strictly before `b` by UTF-16 code units.
+    fn sorts_before(&self, a: Span, b: Span) -> bool {
+        let (ra, rb) = (&self.b[a.start..a.end], &self.b[b.start..b.end]);
+        if !a.escaped && !b.escaped {
+            // Below U+10000 (no 4-byte sequence), UTF-8 byte order is UTF-16 order.
+            if !ra.iter().chain(rb).any(|&c| c >= 0xf0) {
+                return ra < rb;
+            }
+            if let (Ok(sa), Ok(sb)) = (std::str::from_utf8(ra), std::str::from_utf8(rb)) {
+                return sa.encode_utf16().lt(sb.encode_utf16());
+            }
+            return false;
+        }
+        // Names with escapes (control characters): decode them, rarely needed.
+        let decode = |s: Span| serde_json::from_slice::<String>(&self.b[s.start - 1..=s.end]).ok();
+        match (decode(a), decode(b)) {
+            (Some(sa), Some(sb)) => sa.encode_utf16().lt(sb.encode_utf16()),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +518,116 @@ mod tests {
         ));
         assert!(to_vec(&json!({"n": MAX_SAFE_INTEGER})).is_ok());
         assert!(to_vec(&json!({"n": -(MAX_SAFE_INTEGER as i64)})).is_ok());
+    }
+    /// What [`is_canonical`] must answer: parse, re-write canonically, compare.
+    fn canonical_by_parsing(text: &str) -> bool {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| to_vec(&v).ok())
+            .is_some_and(|c| c == text.as_bytes())
+    }
+
+    #[test]
+    fn is_canonical_examples() {
+        for ok in [
+            "{}",
+            "[]",
+            "0",
+            "-1",
+            "9007199254740991",
+            "-9007199254740991",
+            "{\"B\":4,\"a\":[true,false,null],\"\u{1f600}\":\"x\",\"\u{e000}\":1}",
+            "{\"\\u0000\":1,\"\\u001f\":2,\"\\\"\":3}",
+            "\"\\b\\t\\n\\f\\r\\u000b/\u{7f}\"",
+        ] {
+            assert!(is_canonical(ok), "{ok}");
+            assert!(canonical_by_parsing(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            " {}",
+            "{} ",
+            "{\"a\":1,\"a\":1}",
+            "{\"b\":1,\"a\":1}",
+            "{\"\u{e000}\":1,\"\u{1f600}\":2}",
+            "{\"a\" :1}",
+            "-0",
+            "01",
+            "1.0",
+            "1e3",
+            "9007199254740992",
+            "-9007199254740992",
+            "\"\\/\"",
+            "\"\\u0008\"",
+            "\"\\u001F\"",
+            "\"\\u0020\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\u{1}\"",
+            "[1,]",
+            "{\"a\":1,}",
+            "[1 ]",
+            "tru",
+            "nulll",
+        ] {
+            assert!(!is_canonical(bad), "{bad}");
+            assert!(!canonical_by_parsing(bad), "{bad}");
+        }
+        let deep = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        assert!(!is_canonical(&deep));
+    }
+
+    /// Text near canonical: canonical text with one character inserted, removed or replaced
+    /// (from the characters that matter to JSON syntax and escaping).
+    fn arb_near_canonical() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let alphabet = prop_oneof![
+            proptest::sample::select(
+                "{}[]:,\"\\ -+.eE0123456789abfnrtuAF/\u{7f}\u{e000}\u{1f600}"
+                    .chars()
+                    .collect::<Vec<_>>()
+            ),
+            any::<char>(),
+        ];
+        (
+            arb_value(),
+            any::<proptest::sample::Index>(),
+            0..3u8,
+            alphabet,
+        )
+            .prop_map(|(v, at, op, c)| {
+                let mut chars: Vec<char> = to_string(&v).unwrap().chars().collect();
+                let i = at.index(chars.len() + 1);
+                match op {
+                    0 => chars.insert(i, c),
+                    1 if i < chars.len() => {
+                        chars.remove(i);
+                    }
+                    _ if i < chars.len() => chars[i] = c,
+                    _ => chars.push(c),
+                }
+                chars.into_iter().collect()
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// Canonical text of every value is recognised as canonical.
+        #[test]
+        fn is_canonical_accepts_canonical_text(v in arb_value()) {
+            proptest::prop_assert!(is_canonical(&to_string(&v).unwrap()));
+        }
+
+        /// On text one edit away from canonical, the scanner answers as parsing does.
+        #[test]
+        fn is_canonical_agrees_with_parsing(text in arb_near_canonical()) {
+            proptest::prop_assert_eq!(is_canonical(&text), canonical_by_parsing(&text), "{:?}", text);
+        }
+
+        /// On arbitrary JSON-alphabet text too.
+        #[test]
+        fn is_canonical_agrees_with_parsing_on_noise(text in "[\\[\\]{}:,\"\\\\0-9a-fnrtu .e-]{0,24}") {
+            proptest::prop_assert_eq!(is_canonical(&text), canonical_by_parsing(&text), "{:?}", text);
+        }
     }
 }

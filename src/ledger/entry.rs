@@ -96,39 +96,68 @@ pub fn is_valid_kind(kind: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
-impl Body {
-    /// Check every member's form (not the chain: that needs the neighbours).
+/// The members of a body that form and chain checks read, borrowed (from a [`Body`] or
+/// from stored canonical text, [`BodyView`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub v: u64,
+    pub instance: &'a str,
+    pub seq: u64,
+    pub prev: &'a str,
+    pub kind: &'a str,
+    pub at: &'a str,
+    pub uptime_ms: u64,
+}
+
+/// The members that link an entry to its predecessor.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub instance: &'a str,
+    pub seq: u64,
+    pub prev: &'a str,
+    pub at: &'a str,
+}
+
+impl<'a> Head<'a> {
+    pub fn link(&self) -> Link<'a> {
+        Link {
+            instance: self.instance,
+            seq: self.seq,
+            prev: self.prev,
+            at: self.at,
+        }
+    }
+
+    /// Check the form of every member but `data` (see [`Body::validate`]).
     pub fn validate(&self) -> Result<(), Problem> {
         let bad = |m: String| Err(Problem::InvalidBody(m));
         if self.v != BODY_VERSION {
             return bad(format!("unsupported body version v={}", self.v));
         }
-        if !is_lower_hex(&self.instance, 32) {
+        if !is_lower_hex(self.instance, 32) {
             return bad(format!(
                 "instance `{}` is not 32 lowercase hex digits",
                 self.instance
             ));
         }
-        if !is_lower_hex(&self.prev, 64) {
+        if !is_lower_hex(self.prev, 64) {
             return bad(format!(
                 "prev `{}` is not 64 lowercase hex digits",
                 self.prev
             ));
         }
-        if !is_valid_kind(&self.kind) {
+        if !is_valid_kind(self.kind) {
             return bad(format!(
                 "kind `{}` is not a lowercase identifier",
                 self.kind
             ));
         }
-        if let Err(e) = time::parse_at(&self.at) {
+        if let Err(e) = time::parse_at(self.at) {
             return bad(format!("at: {e}"));
         }
         if self.seq > canonical::MAX_SAFE_INTEGER || self.uptime_ms > canonical::MAX_SAFE_INTEGER {
             return bad("seq or uptime_ms beyond 2^53-1".into());
         }
-        canonical::check_members(&self.data, "data")
-            .map_err(|e| Problem::InvalidBody(e.to_string()))?;
         if (self.seq == 0) != (self.kind == "genesis") {
             return bad("seq 0 must be the genesis entry, and genesis must be seq 0".into());
         }
@@ -136,6 +165,62 @@ impl Body {
             return bad("genesis prev must be 64 zeros".into());
         }
         Ok(())
+    }
+}
+
+/// A stored body read in place from its canonical text: every member as [`Body`] has it,
+/// strings borrowed, `data` left unparsed. Verifiers of the ledger's own rows use it with
+/// [`canonical::is_canonical`] so that a body is hashed and checked as stored, without
+/// being parsed into values and written out again. Strings with escapes do not borrow and
+/// fail to parse here; callers then take the [`Body`] path, which names the problem.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyView<'a> {
+    pub v: u64,
+    pub instance: &'a str,
+    pub seq: u64,
+    pub prev: &'a str,
+    pub kind: &'a str,
+    pub at: &'a str,
+    #[serde(borrow)]
+    pub boot_id: std::borrow::Cow<'a, str>,
+    pub uptime_ms: u64,
+    #[serde(borrow)]
+    pub data: &'a serde_json::value::RawValue,
+}
+
+impl<'a> BodyView<'a> {
+    pub fn head(&self) -> Head<'a> {
+        Head {
+            v: self.v,
+            instance: self.instance,
+            seq: self.seq,
+            prev: self.prev,
+            kind: self.kind,
+            at: self.at,
+            uptime_ms: self.uptime_ms,
+        }
+    }
+}
+
+impl Body {
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            v: self.v,
+            instance: &self.instance,
+            seq: self.seq,
+            prev: &self.prev,
+            kind: &self.kind,
+            at: &self.at,
+            uptime_ms: self.uptime_ms,
+        }
+    }
+
+    /// Check every member's form (not the chain: that needs the neighbours).
+    pub fn validate(&self) -> Result<(), Problem> {
+        self.head().validate()?;
+        canonical::check_members(&self.data, "data")
+            .map_err(|e| Problem::InvalidBody(e.to_string()))
     }
 
     /// The RFC 8785 canonical body text.
@@ -243,10 +328,15 @@ pub fn check_signature(
 
 /// Check that `next` follows `prev` in one chain: seq +1, `prev` link, time not going back.
 pub fn check_link(prev: &Body, prev_hash: &str, next: &Body) -> Result<(), Problem> {
+    check_link_between(prev.head().link(), prev_hash, next.head().link())
+}
+
+/// [`check_link`] on borrowed members.
+pub fn check_link_between(prev: Link<'_>, prev_hash: &str, next: Link<'_>) -> Result<(), Problem> {
     if next.instance != prev.instance {
         return Err(Problem::WrongInstance {
-            expected: prev.instance.clone(),
-            found: next.instance.clone(),
+            expected: prev.instance.to_string(),
+            found: next.instance.to_string(),
         });
     }
     let expected = prev.seq + 1;
@@ -265,14 +355,14 @@ pub fn check_link(prev: &Body, prev_hash: &str, next: &Body) -> Result<(), Probl
     if next.prev != prev_hash {
         return Err(Problem::BrokenLink {
             expected: prev_hash.to_string(),
-            found: next.prev.clone(),
+            found: next.prev.to_string(),
         });
     }
     // Both parse: validate() checked the format. The format sorts lexically like time.
     if next.at < prev.at {
         return Err(Problem::TimeBackwards {
-            at: next.at.clone(),
-            previous: prev.at.clone(),
+            at: next.at.to_string(),
+            previous: prev.at.to_string(),
         });
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod entry;
 pub mod export;
 pub mod verify;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use chrono::Duration;
@@ -431,10 +432,10 @@ impl Ledger {
     pub fn entries_from(&self, from: u64) -> Result<Vec<Entry>, LedgerError> {
         let mut out = Vec::new();
         self.for_each_row(from, 1024, |rows| {
-            for r in rows {
+            for r in &rows {
                 out.push(r.parse().map_err(|p| self.corrupt(r.seq, p))?);
             }
-            Ok(())
+            Ok(ControlFlow::Continue(()))
         })?;
         Ok(out)
     }
@@ -448,13 +449,13 @@ impl Ledger {
         self.entries_from(from)
     }
 
-    /// Stream raw rows with `seq >= from` in seq order, `batch` at a time. Memory stays
-    /// bounded by the batch whatever the ledger's length.
+    /// Stream raw rows with `seq >= from` in seq order, `batch` at a time, until `f`
+    /// breaks. Memory stays bounded by the batch whatever the ledger's length.
     pub fn for_each_row(
         &self,
         from: u64,
         batch: usize,
-        mut f: impl FnMut(&[Row]) -> Result<(), LedgerError>,
+        mut f: impl FnMut(Vec<Row>) -> Result<ControlFlow<()>, LedgerError>,
     ) -> Result<(), LedgerError> {
         let mut stmt = self
             .conn
@@ -466,13 +467,14 @@ impl Ledger {
         let mut buf = Vec::with_capacity(batch);
         while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
             buf.push(read_row(r).map_err(|e| self.sql(e))?);
-            if buf.len() == batch {
-                f(&buf)?;
-                buf.clear();
+            if buf.len() == batch
+                && f(std::mem::replace(&mut buf, Vec::with_capacity(batch)))?.is_break()
+            {
+                return Ok(());
             }
         }
         if !buf.is_empty() {
-            f(&buf)?;
+            let _: ControlFlow<()> = f(buf)?;
         }
         Ok(())
     }
@@ -601,6 +603,58 @@ mod tests {
         assert!(c.execute("UPDATE entries SET kind = 'x'", []).is_err());
         assert!(c.execute("DELETE FROM entries", []).is_err());
         assert_eq!(l.count().unwrap(), 1);
+    }
+
+    /// Bodies whose stored text the fast path cannot read in place (escapes, names beyond
+    /// the BMP) verify like any other; a body signed as stored but not canonical fails.
+    #[test]
+    fn verify_reads_stored_bodies_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FixedClock::at("2026-12-04T10:00:00.000Z");
+        let (l, key) = new_ledger(dir.path(), &clock);
+        let mut data = Map::new();
+        data.insert(
+            "\u{1}\u{1f600}".into(),
+            json!("tab\there \u{e000} \"q\" \\"),
+        );
+        data.insert("\u{e000}".into(), json!([1, -9007199254740991_i64, null]));
+        l.append(&key, "boot", data, &clock).unwrap();
+        let r = verify::verify(&l, Some(&key.public_key())).unwrap();
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(r.entries, 2);
+
+        // A third entry, hashed and signed over a non-canonical text (members in
+        // declaration order): every check but the canonical form passes.
+        let head = l.head().unwrap().unwrap();
+        let body = Body {
+            v: 1,
+            instance: "00112233445566778899aabbccddeeff".into(),
+            seq: 2,
+            prev: head.hash.clone(),
+            kind: "boot".into(),
+            at: "2026-12-04T10:00:00.000Z".into(),
+            boot_id: "b".into(),
+            uptime_ms: 5,
+            data: Map::new(),
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert_ne!(text, body.canonical().unwrap());
+        let message = entry::message_from_canonical(&text);
+        l.connection()
+            .execute(
+                "INSERT INTO entries (seq, hash, prev, kind, body, sig) VALUES (2, ?1, ?2, 'boot', ?3, ?4)",
+                params![
+                    entry::sha256_hex(&message),
+                    head.hash,
+                    text,
+                    crate::keys::b64_encode(&key.sign(&message))
+                ],
+            )
+            .unwrap();
+        let r = verify::verify(&l, Some(&key.public_key())).unwrap();
+        let bad = r.first_bad.expect("a non-canonical body is refused");
+        assert_eq!(bad.seq, 2);
+        assert_eq!(bad.problem, Problem::NotCanonical.to_string());
     }
 
     #[test]

@@ -17,14 +17,17 @@
 //! ledger): a forged receipt row is reported as uncited, and never counts.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 use rayon::prelude::*;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::entry::{self, Entry, Problem};
+use super::entry::{self, BodyView, Entry, Link, Problem};
 use super::{Ledger, LedgerError, Row};
+use crate::canonical;
 use crate::keys::PUBLIC_KEY_LEN;
+use crate::license::observe::kind;
 
 /// Rows verified per parallel batch.
 const BATCH: usize = 4096;
@@ -56,87 +59,42 @@ impl Report {
 
 /// Verify `ledger` end to end. `expected_key`, when known (the instance's own key file),
 /// must equal the genesis entry's public key: a ledger rebuilt under another key fails.
+///
+/// The calling thread reads batches of rows from SQLite while a second thread checks the
+/// previous batch (on every core) and walks the links: reading never leaves the cores idle.
 pub fn verify(
     ledger: &Ledger,
     expected_key: Option<&[u8; PUBLIC_KEY_LEN]>,
 ) -> Result<Report, LedgerError> {
-    let mut report = Report {
-        entries: 0,
-        head_seq: None,
-        head_hash: None,
-        first_bad: None,
-    };
-    let mut public_key: Option<[u8; PUBLIC_KEY_LEN]> = None;
-    let mut prev: Option<Entry> = None;
-    let mut expected_seq = 0u64;
-    // Receipt hashes cited by `checkin` entries (and `unknown_serial` failures).
-    let mut cited: HashSet<String> = HashSet::new();
-
-    let stop = ledger.for_each_row(0, BATCH, |rows| {
-        if report.first_bad.is_some() {
-            return Ok(());
-        }
-        // The genesis row carries the key every other row is checked against.
-        if public_key.is_none() {
-            let first = &rows[0];
-            match genesis_key(first, expected_key) {
-                Ok(pk) => public_key = Some(pk),
-                Err(problem) => {
-                    report.first_bad = Some(BadEntry {
-                        seq: first.seq.min(expected_seq),
-                        problem: problem.to_string(),
-                    });
-                    return Ok(());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Row>>(1);
+    let (read, chain) = std::thread::scope(|scope| {
+        let checker = scope.spawn(move || {
+            let mut chain = Chain::new(expected_key);
+            for rows in rx {
+                chain.batch(&rows);
+                if chain.report.first_bad.is_some() {
+                    break;
                 }
             }
-        }
-        let pk = public_key.expect("set above");
-        let checked: Vec<Result<Entry, Problem>> =
-            rows.par_iter().map(|row| check_row(row, &pk)).collect();
-        for (row, result) in rows.iter().zip(checked) {
-            let outcome = result.and_then(|e| {
-                if row.seq != expected_seq {
-                    return Err(if row.seq > expected_seq {
-                        Problem::Gap {
-                            expected: expected_seq,
-                            found: row.seq,
-                        }
-                    } else {
-                        Problem::Duplicate {
-                            expected: expected_seq,
-                            found: row.seq,
-                        }
-                    });
-                }
-                if let Some(p) = &prev {
-                    entry::check_link(&p.body, &p.hash, &e.body)?;
-                }
-                Ok(e)
-            });
-            match outcome {
-                Ok(e) => {
-                    report.entries += 1;
-                    report.head_seq = Some(e.body.seq);
-                    report.head_hash = Some(e.hash.clone());
-                    expected_seq = e.body.seq + 1;
-                    if let Some(h) = cited_receipt(&e) {
-                        cited.insert(h.to_string());
-                    }
-                    prev = Some(e);
-                }
-                Err(problem) => {
-                    report.entries += 1;
-                    report.first_bad = Some(BadEntry {
-                        seq: row.seq.min(expected_seq),
-                        problem: problem.to_string(),
-                    });
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+            chain
+        });
+        // A send fails once the checker stopped at a bad entry: the rest is not read.
+        let read = ledger.for_each_row(0, BATCH, |rows| {
+            Ok(match tx.send(rows) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            })
+        });
+        drop(tx);
+        let chain = checker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (read, chain)
     });
-    stop?;
+    let mut report = chain.report;
+    if report.first_bad.is_none() {
+        read?;
+    }
     if report.entries == 0 && report.first_bad.is_none() {
         report.first_bad = Some(BadEntry {
             seq: 0,
@@ -144,19 +102,138 @@ pub fn verify(
         });
     }
     if report.first_bad.is_none() {
-        report.first_bad = check_receipts(ledger, &cited)?;
+        report.first_bad = check_receipts(ledger, &chain.cited)?;
     }
     Ok(report)
+}
+
+/// What the chain walk keeps of a checked entry.
+struct Checked {
+    seq: u64,
+    hash: String,
+    instance: String,
+    prev: String,
+    at: String,
+    /// The receipt hash the entry cites ([`cited_receipt`]).
+    receipt: Option<String>,
+}
+
+impl Checked {
+    fn from_entry(e: Entry) -> Checked {
+        let receipt = cited_receipt(&e.body.kind, &e.body.data).map(str::to_string);
+        Checked {
+            seq: e.body.seq,
+            hash: e.hash,
+            instance: e.body.instance,
+            prev: e.body.prev,
+            at: e.body.at,
+            receipt,
+        }
+    }
+
+    fn link(&self) -> Link<'_> {
+        Link {
+            instance: &self.instance,
+            seq: self.seq,
+            prev: &self.prev,
+            at: &self.at,
+        }
+    }
+}
+
+/// The walk along the chain, batch after batch: the genesis key, the previous entry, the
+/// seq expected next, the receipts cited so far, and the report.
+struct Chain<'k> {
+    expected_key: Option<&'k [u8; PUBLIC_KEY_LEN]>,
+    public_key: Option<[u8; PUBLIC_KEY_LEN]>,
+    prev: Option<Checked>,
+    expected_seq: u64,
+    cited: HashSet<String>,
+    report: Report,
+}
+
+impl<'k> Chain<'k> {
+    fn new(expected_key: Option<&'k [u8; PUBLIC_KEY_LEN]>) -> Self {
+        Chain {
+            expected_key,
+            public_key: None,
+            prev: None,
+            expected_seq: 0,
+            cited: HashSet::new(),
+            report: Report {
+                entries: 0,
+                head_seq: None,
+                head_hash: None,
+                first_bad: None,
+            },
+        }
+    }
+
+    fn fail(&mut self, seq: u64, problem: Problem) {
+        self.report.first_bad = Some(BadEntry {
+            seq: seq.min(self.expected_seq),
+            problem: problem.to_string(),
+        });
+    }
+
+    /// Check one batch of rows: each on its own on every core, then in order along links.
+    fn batch(&mut self, rows: &[Row]) {
+        if rows.is_empty() || self.report.first_bad.is_some() {
+            return;
+        }
+        // The genesis row carries the key every other row is checked against.
+        let pk = match self.public_key {
+            Some(pk) => pk,
+            None => match genesis_key(&rows[0], self.expected_key) {
+                Ok(pk) => *self.public_key.insert(pk),
+                Err(problem) => return self.fail(rows[0].seq, problem),
+            },
+        };
+        let checked: Vec<Result<Checked, Problem>> =
+            rows.par_iter().map(|row| check_row(row, &pk)).collect();
+        for (row, result) in rows.iter().zip(checked) {
+            let outcome = result.and_then(|e| {
+                if row.seq != self.expected_seq {
+                    return Err(if row.seq > self.expected_seq {
+                        Problem::Gap {
+                            expected: self.expected_seq,
+                            found: row.seq,
+                        }
+                    } else {
+                        Problem::Duplicate {
+                            expected: self.expected_seq,
+                            found: row.seq,
+                        }
+                    });
+                }
+                if let Some(p) = &self.prev {
+                    entry::check_link_between(p.link(), &p.hash, e.link())?;
+                }
+                Ok(e)
+            });
+            self.report.entries += 1;
+            match outcome {
+                Ok(mut e) => {
+                    self.report.head_seq = Some(e.seq);
+                    self.report.head_hash = Some(e.hash.clone());
+                    self.expected_seq = e.seq + 1;
+                    if let Some(h) = e.receipt.take() {
+                        self.cited.insert(h);
+                    }
+                    self.prev = Some(e);
+                }
+                Err(problem) => return self.fail(row.seq, problem),
+            }
+        }
+    }
 }
 
 /// The receipt hash an entry cites: `data.receipt` of a `checkin`, or of a
 /// `checkin_failed` recording an `unknown_serial` receipt (the only failure whose receipt
 /// is stored).
-fn cited_receipt(e: &Entry) -> Option<&str> {
-    use crate::license::observe::kind;
-    let d = &e.body.data;
+fn cited_receipt<'d>(kind: &str, d: &'d Map<String, Value>) -> Option<&'d str> {
     let receipt = d.get("receipt").and_then(Value::as_str);
-    match e.body.kind.as_str() {
+    match kind {
         kind::CHECKIN => receipt,
         kind::CHECKIN_FAILED
             if d.get("reason").and_then(Value::as_str)
@@ -266,12 +343,63 @@ fn genesis_key(
     Ok(pk)
 }
 
-/// Parse a stored row and check form, canonical text, hash and signature.
-fn check_row(row: &Row, pk: &[u8; PUBLIC_KEY_LEN]) -> Result<Entry, Problem> {
+/// Check one stored row on its own: form, canonical text, hash and signature.
+fn check_row(row: &Row, pk: &[u8; PUBLIC_KEY_LEN]) -> Result<Checked, Problem> {
+    match check_stored(row, pk) {
+        Some(checked) => Ok(checked),
+        None => check_parsed(row, pk).map(Checked::from_entry),
+    }
+}
+
+/// The fast path: the stored text is canonical ([`canonical::is_canonical`]), so it is
+/// hashed and verified as it is and only the members the checks read are parsed (in
+/// place). `None` when anything is amiss, or the text holds what [`BodyView`] does not
+/// borrow: [`check_parsed`] then decides, and names the problem.
+fn check_stored(row: &Row, pk: &[u8; PUBLIC_KEY_LEN]) -> Option<Checked> {
+    if row.unreadable.is_some() || !canonical::is_canonical(&row.body) {
+        return None;
+    }
+    let view: BodyView = serde_json::from_str(&row.body).ok()?;
+    let head = view.head();
+    if !view.data.get().starts_with('{')
+        || view.seq != row.seq
+        || view.prev != row.prev
+        || view.kind != row.kind
+        || head.validate().is_err()
+    {
+        return None;
+    }
+    let message = entry::message_from_canonical(&row.body);
+    if entry::sha256_hex(&message) != row.hash
+        || entry::check_signature(pk, &message, &row.sig).is_err()
+    {
+        return None;
+    }
+    let receipt = if matches!(view.kind, kind::CHECKIN | kind::CHECKIN_FAILED) {
+        let data: Map<String, Value> = serde_json::from_str(view.data.get()).ok()?;
+        cited_receipt(view.kind, &data).map(str::to_string)
+    } else {
+        None
+    };
+    Some(Checked {
+        seq: view.seq,
+        hash: row.hash.clone(),
+        instance: view.instance.to_string(),
+        prev: view.prev.to_string(),
+        at: view.at.to_string(),
+        receipt,
+    })
+}
+
+/// The slow path: parse the body into values, check its form, write its canonical text
+/// again and compare (before the hash: a body hashed as stored but not canonical is
+/// reported as such), hash, verify.
+fn check_parsed(row: &Row, pk: &[u8; PUBLIC_KEY_LEN]) -> Result<Entry, Problem> {
     let e = row.parse()?;
-    let canonical = e.check(Some(pk))?;
-    if canonical != row.body {
+    e.body.validate()?;
+    if e.body.canonical()? != row.body {
         return Err(Problem::NotCanonical);
     }
+    e.check(Some(pk))?;
     Ok(e)
 }
