@@ -51,9 +51,7 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
                 });
             }
         },
-        Value::String(s) => {
-            serde_json::to_writer(&mut *out, s).map_err(|e| CanonError::Serialise(e.to_string()))?
-        }
+        Value::String(s) => write_str(out, s)?,
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -67,6 +65,23 @@ fn write_checked(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonError> {
         Value::Object(map) => write_object(map, out)?,
     }
     Ok(())
+}
+
+/// Write `s` as a JSON string escaped as RFC 8785 (and `serde_json`) escape. Strings with
+/// nothing to escape, nearly all, are copied as they are (checked with a fold, not an
+/// early exit, so that it vectorises).
+fn write_str(out: &mut Vec<u8>, s: &str) -> Result<(), CanonError> {
+    let b = s.as_bytes();
+    if !b.iter().fold(false, |esc, &c| {
+        esc | (c < 0x20) | (c == b'"') | (c == b'\\')
+    }) {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(&mut *out, s).map_err(|e| CanonError::Serialise(e.to_string()))
 }
 
 /// Write the RFC 8785 text of an object whose values passed [`check`].
@@ -89,7 +104,7 @@ fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) -> Result<(), Canon
         if i > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut *out, k).map_err(|e| CanonError::Serialise(e.to_string()))?;
+        write_str(out, k)?;
         out.push(b':');
         write_checked(item, out)?;
     }
@@ -129,7 +144,7 @@ impl<'o> ObjectWriter<'o> {
     }
 
     fn string(&mut self, s: &str) -> Result<(), CanonError> {
-        serde_json::to_writer(&mut *self.out, s).map_err(|e| CanonError::Serialise(e.to_string()))
+        write_str(self.out, s)
     }
 
     /// A string member.

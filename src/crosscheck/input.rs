@@ -551,7 +551,13 @@ pub fn read_bundle(path: &Path, limits: Limits) -> Result<ReadBundle, Refused> {
             Err(Refused::Bad(unknown_format(f)))
         }
     };
-    match serde_json::from_slice::<Bundle>(&buf) {
+    // UTF-8 checked once for the whole file rather than string by string (a tenth of the
+    // parse); a file that is not UTF-8 takes the byte path, which says where.
+    let parsed = match std::str::from_utf8(&buf) {
+        Ok(text) => serde_json::from_str::<Bundle>(text),
+        Err(_) => serde_json::from_slice::<Bundle>(&buf),
+    };
+    match parsed {
         Ok(b) => {
             check_format(&b.format)?;
             return Ok(ReadBundle {

@@ -19,6 +19,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use serde_json::{Value, json};
 
 use super::evidence;
@@ -75,9 +77,9 @@ enum Root {
 pub struct Judged {
     pub report: InstanceReport,
     pub items: Vec<Item>,
-    by_hash: HashMap<String, u32>,
+    by_hash: HashMap<String, u32, RandomState>,
     /// Hashes of entries that failed their own checks while loading, with the problem.
-    rejected: HashMap<String, usize>,
+    rejected: HashMap<String, usize, RandomState>,
     load_problems: Vec<Problem>,
     excluded_under: HashMap<Root, u64>,
     key: Option<[u8; PUBLIC_KEY_LEN]>,
@@ -125,8 +127,8 @@ impl Judged {
                 timeline: None,
             },
             items: Vec::new(),
-            by_hash: HashMap::new(),
-            rejected: HashMap::new(),
+            by_hash: HashMap::default(),
+            rejected: HashMap::default(),
             load_problems: Vec::new(),
             excluded_under: HashMap::new(),
             key: None,
