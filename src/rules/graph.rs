@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use super::{Decision, EntryRef, InstanceState, Loc, Node, Outcome, Policy, RuleError, Time};
 use crate::ledger::entry::GENESIS_PREV;
 
@@ -12,16 +14,16 @@ use crate::ledger::entry::GENESIS_PREV;
 #[derive(Debug, Clone)]
 pub struct Graph {
     pub state: InstanceState,
-    index: HashMap<String, (Loc, EntryRef)>,
-    first_child: HashMap<String, String>,
+    index: HashMap<String, (Loc, EntryRef), RandomState>,
+    first_child: HashMap<String, String, RandomState>,
 }
 
 impl Graph {
     pub fn new(instance: &str) -> Graph {
         Graph {
             state: InstanceState::new(instance),
-            index: HashMap::new(),
-            first_child: HashMap::new(),
+            index: HashMap::default(),
+            first_child: HashMap::default(),
         }
     }
 
