@@ -104,6 +104,22 @@ pub fn group(bundles: Vec<FileRef>) -> Vec<Group> {
     groups.into_values().collect()
 }
 
+/// The threads that judge: twice as many as cores, because each reads its groups' bundles
+/// itself and, when they are not in the page cache, waits on the disk (one group's entries
+/// in memory per thread). `None` (rayon's global pool) when `RAYON_NUM_THREADS` says how
+/// many, or the pool cannot be built.
+fn judging_pool() -> Option<rayon::ThreadPool> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2 * cores)
+        .thread_name(|i| format!("crosscheck-judge-{i}"))
+        .build()
+        .ok()
+}
+
 /// Cross-check the bundles under `paths`, handing results to `sink` as they are made.
 pub fn run(
     paths: &[PathBuf],
@@ -135,21 +151,28 @@ pub fn run(
         limits: opts.limits,
         timelines: opts.timelines,
     };
+    let pool = judging_pool();
     index.for_each_partition::<CrosscheckError>(&mut |groups: Vec<Group>| {
         // The pool judges the next chunk while this thread writes the last one's reports
         // (writing a large JSON report is serial work that would otherwise idle the pool).
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Judged>>(1);
         std::thread::scope(|s| {
-            let (groups, ctx) = (&groups, &ctx);
+            let (groups, ctx, pool) = (&groups, &ctx, &pool);
             s.spawn(move || {
-                for chunk in groups.chunks(CHUNK) {
-                    let results = chunk
-                        .par_iter()
-                        .map(|g| serial::judge_group(g, ctx))
-                        .collect();
-                    if tx.send(results).is_err() {
-                        break;
+                let judge_all = || {
+                    for chunk in groups.chunks(CHUNK) {
+                        let results = chunk
+                            .par_iter()
+                            .map(|g| serial::judge_group(g, ctx))
+                            .collect();
+                        if tx.send(results).is_err() {
+                            break;
+                        }
                     }
+                };
+                match pool {
+                    Some(p) => p.install(judge_all),
+                    None => judge_all(),
                 }
             });
             for results in rx {
