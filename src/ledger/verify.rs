@@ -92,6 +92,9 @@ pub fn verify(
         (read, chain)
     });
     let mut report = chain.report;
+    // The head of the verified prefix is the last entry the walk accepted.
+    report.head_seq = chain.prev.as_ref().map(|p| p.seq);
+    report.head_hash = chain.prev.map(|p| p.hash);
     if report.first_bad.is_none() {
         read?;
     }
@@ -214,8 +217,6 @@ impl<'k> Chain<'k> {
             self.report.entries += 1;
             match outcome {
                 Ok(mut e) => {
-                    self.report.head_seq = Some(e.seq);
-                    self.report.head_hash = Some(e.hash.clone());
                     self.expected_seq = e.seq + 1;
                     if let Some(h) = e.receipt.take() {
                         self.cited.insert(h);
