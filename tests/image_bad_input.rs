@@ -461,3 +461,60 @@ fn unreadable_files() {
         "{stderr}"
     );
 }
+
+/// An image that shrinks after it was opened, while it is hashed: long runs are hashed
+/// where they lie in the page cache (mapped), and touching a page past the new end raises
+/// a bus error. That is one clear line naming the image and exit 2, not a core dump. The
+/// file is truncated from inside the hashing process (a child run of this very test), so
+/// the moment is exact rather than a race.
+#[test]
+fn an_image_that_shrinks_while_it_is_hashed() {
+    const CHILD: &str = "VMLEDGER_TEST_SHRINKING_IMAGE";
+    if let Some(path) = std::env::var_os(CHILD) {
+        use vmledger::fingerprint::image::{FormatChoice, Image};
+        let path = PathBuf::from(path);
+        let image = Image::open(&path, FormatChoice::Auto).expect("opens");
+        let len = std::fs::metadata(&path).unwrap().len();
+        truncate(&path, len / 2);
+        let r = image.fingerprint(1, None, &mut |_, _| Ok(()));
+        println!("hashing returned: {r:?}");
+        std::process::exit(0);
+    }
+    let sb = Sandbox::new();
+    let raw = sb.join("random.raw");
+    sparse_raw(
+        &raw,
+        16 * MIB,
+        &[(0, &pseudo_random(16 * MIB as usize, 5)[..])],
+    );
+    let q = sb.join("shrinking.qcow2");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "an_image_that_shrinks_while_it_is_hashed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, &q)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("vmledger: error: "))
+        .unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    assert!(line.contains(q.to_str().unwrap()), "{line}");
+    assert!(line.contains("shrank while it was being read"), "{line}");
+    assert!(line.contains("run again"), "{line}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stdout.contains("hashing returned"), "{stdout}");
+}

@@ -574,3 +574,62 @@ fn backing_formats_are_probed_when_the_header_does_not_name_them() {
         );
     }
 }
+
+/// Whatever the number of hashing threads, and whichever way each run of bytes reaches
+/// the hash (long contiguous runs hashed where they lie, short scattered clusters read into
+/// a buffer, compressed clusters decompressed, zero clusters), the root is the one of
+/// `qemu-img convert -O raw`.
+#[test]
+fn every_thread_count_and_every_kind_of_run_give_the_same_root() {
+    let sb = Sandbox::new();
+    let raw = base_raw(&sb);
+    let q = sb.join("mixed.qcow2");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
+    // 4 KiB clusters written back to front: each lands after the one written before it in
+    // the file, so consecutive guest clusters are never contiguous on the host.
+    let scattered: Vec<String> = (0..64u64)
+        .rev()
+        .map(|i| format!("write -P {} {} 4k", 0x10 + i, 12 * MIB + i * 4096))
+        .collect();
+    let scattered: Vec<&str> = scattered.iter().map(String::as_str).collect();
+    qemu_io(&q, "qcow2", &scattered);
+    qemu_io(
+        &q,
+        "qcow2",
+        &[
+            "write -c -P 0x5a 16M 64k",
+            "write -z 1M 256k",
+            "write -P 0x3c 19M 1M",
+        ],
+    );
+    let want = converted_root(&sb, &q);
+    assert_ne!(want, raw_root(&raw), "the writes changed the disk");
+    for threads in ["1", "2", "3", "8"] {
+        for image in [&q, &raw] {
+            let doc = sb
+                .cmd(["fingerprint", "image", "--json", "--threads", threads])
+                .arg(image)
+                .ok()
+                .json();
+            let expect = if image == &q {
+                want.clone()
+            } else {
+                raw_root(&raw)
+            };
+            assert_eq!(
+                doc["content_root"],
+                expect.as_str(),
+                "{} with --threads {threads}",
+                image.display()
+            );
+        }
+    }
+}

@@ -62,7 +62,7 @@ pub struct ManifestArgs {
     /// Image format
     #[arg(long, value_enum, default_value = "auto")]
     pub format: Format,
-    /// Hashing threads (0: one per core)
+    /// Hashing threads, the reading one included (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }
@@ -80,7 +80,7 @@ pub struct VerifyArgs {
     /// Image format
     #[arg(long, value_enum, default_value = "auto")]
     pub format: Format,
-    /// Hashing threads (0: one per core)
+    /// Hashing threads, the reading one included (0: one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }

@@ -55,7 +55,7 @@ pub struct Args {
     /// How to read the images
     #[arg(long, value_enum, default_value = "auto")]
     pub format: FormatArg,
-    /// Hashing threads (0 = one per core)
+    /// Hashing threads, the reading one included (0 = one per core)
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub threads: usize,
 }

@@ -1,22 +1,28 @@
 //! The hashing pipeline: one reader, several hashers.
 //!
 //! The calling thread walks the image in guest order, one 4 MiB chunk at a time, and
-//! fills a chunk buffer from the chain's extents (zeros, positioned reads of data, and the
-//! compressed bytes of compressed clusters); so files are read sequentially, which suits a
-//! spinning disk. Hasher threads decompress those clusters into a fixed cluster buffer and
-//! SHA-256 the chunk; when every buffer is busy the reader hashes a queued chunk itself
-//! instead of waiting (on a loaded machine this keeps the pipeline full). A chunk that is
-//! all zeros (holes, zero or unallocated clusters) is not read or hashed at all: its
-//! digest is computed once per length and reused.
+//! describes each chunk as segments in guest order: runs of zeros, large runs of stored
+//! data (at least [`MAP_MIN`] bytes, from a regular file), and bytes it puts in the chunk
+//! buffer (small runs of data, read there, and the compressed bytes of compressed
+//! clusters). Chunks are taken in order, so files are read sequentially, which suits a
+//! spinning disk; the kernel's read-ahead (`POSIX_FADV_SEQUENTIAL`) serves the mapped
+//! runs. (Asking for each run ahead with `POSIX_FADV_WILLNEED` measured slower: 2.0 s
+//! against 1.2 s for 2 GiB not in the page cache.)
+//! Hasher threads decompress the compressed clusters into the buffer and SHA-256 the
+//! segments, hashing large runs where they lie in the page cache (see `mapped`: this saves
+//! copying every byte once) and zeros from a static block. Of `threads` hashing threads,
+//! the reader is one: there are `threads - 1` hasher threads, and when every job is busy
+//! the reader hashes a queued chunk itself instead of waiting (so the cores hash, rather
+//! than one more thread than cores; 4-5% faster on 2 cores than a hasher per core). A chunk that is all zeros (holes, zero or unallocated clusters) is
+//! not read or hashed at all: its digest is computed once per length and reused.
 //!
-//! Memory is bounded by the pool: `threads + 2` chunk buffers (4 MiB each, plus at most
-//! [`COMP_BUDGET`] of compressed bytes), a cluster buffer per hasher, and the digests of
-//! at most [`MAX_PENDING`] chunks that finish out of order. Digests leave in guest order
-//! through a callback.
+//! Memory is bounded by the pool: `threads + 1` chunk buffers (4 MiB each, plus at most
+//! [`COMP_BUDGET`] of compressed bytes), a cluster buffer per hasher, one mapped run (at
+//! most a chunk) per hashing thread, and the digests of at most [`MAX_PENDING`] chunks
+//! that finish out of order. Digests leave in guest order through a callback.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +32,7 @@ use super::chain::Chain;
 use super::decompress::decompress_cluster;
 use super::error::ImageError;
 use super::map::{Compression, Extent, Piece};
+use super::mapped;
 use super::source::ImageFile;
 use super::{CHUNK_SIZE, Digest, Progress};
 
@@ -36,6 +43,30 @@ const COMP_BUDGET: usize = 4 << 20;
 
 /// Most finished digests held back waiting for an earlier chunk.
 const MAX_PENDING: usize = 1024;
+
+/// Runs of stored data at least this long are hashed where they lie (mapped); shorter
+/// ones are read into the chunk buffer, where a copy costs less than a mapping.
+const MAP_MIN: u64 = 256 << 10;
+
+/// Zeros to hash zero runs from.
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// One run of a chunk's bytes, in guest order, as the hasher feeds them to SHA-256.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    /// Zero bytes.
+    Zero { len: usize },
+    /// `buf[dst..dst + len]`: read by the reader, or decompressed by the hasher.
+    Buf { dst: usize, len: usize },
+    /// `len` bytes of file number `file` at `host`, hashed in place (read into
+    /// `buf[dst..dst + len]` instead where they cannot be mapped).
+    Mapped {
+        dst: usize,
+        len: usize,
+        file: usize,
+        host: u64,
+    },
+}
 
 /// A compressed cluster (or part of one) to decompress into the chunk.
 #[derive(Debug)]
@@ -59,6 +90,7 @@ struct Job {
     index: u64,
     len: usize,
     buf: Vec<u8>,
+    segs: Vec<Seg>,
     comp: Vec<u8>,
     pieces: Vec<CompPiece>,
 }
@@ -76,7 +108,7 @@ pub struct Hashed {
     pub allocated_bytes: u64,
 }
 
-/// Hash every chunk of `chain` on `threads` hasher threads, passing each chunk digest in
+/// Hash every chunk of `chain` on `threads` threads (the calling one included), passing each chunk digest in
 /// order to `sink` and progress to `progress`.
 pub fn hash_chain(
     chain: &mut Chain,
@@ -86,22 +118,24 @@ pub fn hash_chain(
 ) -> Result<Hashed, ImageError> {
     let size = chain.virtual_size();
     let chunks = size.div_ceil(CHUNK_SIZE);
-    let threads = threads.max(1);
+    let hashers = threads.max(1) - 1;
     let files: Vec<Arc<ImageFile>> = chain.files.clone();
     for f in &files {
         f.advise_sequential();
     }
-    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    let pool = threads + 2;
+    if let Some(top) = files.first() {
+        mapped::note_image(&top.path);
+    }
+    let pool = hashers + 2;
     let (job_tx, job_rx) = sync_channel::<Job>(pool);
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = channel::<Done>();
 
     std::thread::scope(|s| {
-        for _ in 0..threads {
+        for _ in 0..hashers {
             let done_tx = done_tx.clone();
-            let (job_rx, paths) = (&job_rx, &paths);
-            s.spawn(move || hasher(job_rx, done_tx, paths));
+            let (job_rx, files) = (&job_rx, &files);
+            s.spawn(move || hasher(job_rx, done_tx, files));
         }
         drop(done_tx);
         let mut state = Reader {
@@ -119,7 +153,7 @@ pub fn hash_chain(
             in_flight: 0,
             extents: Vec::new(),
             cluster_buf: Vec::new(),
-            paths: &paths,
+            hashers,
         };
         let result = state.run(chunks, &job_tx, &job_rx, &done_rx);
         drop(job_tx);
@@ -153,7 +187,8 @@ struct Reader<'a, 'b> {
     in_flight: usize,
     extents: Vec<Extent>,
     cluster_buf: Vec<u8>,
-    paths: &'a [PathBuf],
+    /// Hasher threads besides this one.
+    hashers: usize,
 }
 
 impl Reader<'_, '_> {
@@ -190,7 +225,7 @@ impl Reader<'_, '_> {
                 // Every buffer is busy: rather than wait, hash a queued chunk here (on a
                 // loaded machine this keeps the pipeline full), else wait for one.
                 if let Some(job) = steal(job_rx) {
-                    let done = process(job, &mut self.cluster_buf, self.paths);
+                    let done = process(job, &mut self.cluster_buf, self.files);
                     self.finish(done)?;
                     continue;
                 }
@@ -202,11 +237,18 @@ impl Reader<'_, '_> {
                 self.free.push(job);
                 return Err(e);
             }
+            self.in_flight += 1;
+            if self.hashers == 0 {
+                // One thread in all: it hashes what it reads.
+                let done = process(job, &mut self.cluster_buf, self.files);
+                self.finish(done)?;
+                continue;
+            }
             if job_tx.send(job).is_err() {
                 // Only if every hasher died, which they do not do.
+                self.in_flight -= 1;
                 break;
             }
-            self.in_flight += 1;
             // Collect whatever is already done without waiting.
             while let Ok(done) = done_rx.try_recv() {
                 self.finish(done)?;
@@ -260,19 +302,31 @@ impl Reader<'_, '_> {
         Ok(())
     }
 
-    /// Fill `job` with chunk bytes (compressed clusters are left to the hasher).
+    /// Describe `job` as segments and fill its buffer with the bytes that go there
+    /// (compressed clusters are left to the hasher, large runs of data to the mapping).
     fn fill(&mut self, job: &mut Job, start: u64) -> Result<(), ImageError> {
         job.buf.resize(job.len, 0);
+        job.segs.clear();
         job.comp.clear();
         job.pieces.clear();
         for e in &self.extents {
             let dst = (e.guest - start) as usize;
             let len = e.len as usize;
             match e.piece {
-                Piece::Zero | Piece::Unallocated => job.buf[dst..dst + len].fill(0),
+                Piece::Zero | Piece::Unallocated => push_seg(&mut job.segs, Seg::Zero { len }),
+                Piece::Data { file, host } if e.len >= MAP_MIN => {
+                    self.allocated += e.len;
+                    job.segs.push(Seg::Mapped {
+                        dst,
+                        len,
+                        file,
+                        host,
+                    });
+                }
                 Piece::Data { file, host } => {
                     self.files[file].read_exact_at(&mut job.buf[dst..dst + len], host)?;
                     self.allocated += e.len;
+                    push_seg(&mut job.segs, Seg::Buf { dst, len });
                 }
                 Piece::Compressed {
                     file,
@@ -285,7 +339,7 @@ impl Reader<'_, '_> {
                     // Keep a job's compressed bytes within budget: past it, decompress
                     // what is gathered here, in the reader.
                     if job.comp.len() + csize as usize > COMP_BUDGET && !job.pieces.is_empty() {
-                        decompress_pieces(job, &mut self.cluster_buf, self.paths)?;
+                        decompress_pieces(job, &mut self.cluster_buf, self.files)?;
                     }
                     let at = job.comp.len();
                     job.comp.resize(at + csize as usize, 0);
@@ -302,10 +356,27 @@ impl Reader<'_, '_> {
                         host,
                         guest: e.guest - u64::from(skip),
                     });
+                    push_seg(&mut job.segs, Seg::Buf { dst, len });
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Append `seg`, merging it into the previous one when both are zeros or both are
+/// adjacent bytes of the buffer.
+fn push_seg(segs: &mut Vec<Seg>, seg: Seg) {
+    match (segs.last_mut(), seg) {
+        (Some(Seg::Zero { len }), Seg::Zero { len: more }) => *len += more,
+        (
+            Some(Seg::Buf { dst, len }),
+            Seg::Buf {
+                dst: next,
+                len: more,
+            },
+        ) if *dst + *len == next => *len += more,
+        _ => segs.push(seg),
     }
 }
 
@@ -314,7 +385,7 @@ fn steal(jobs: &Mutex<Receiver<Job>>) -> Option<Job> {
     jobs.try_lock().ok()?.try_recv().ok()
 }
 
-fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
+fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, files: &[Arc<ImageFile>]) {
     let mut cluster_buf: Vec<u8> = Vec::new();
     loop {
         let job = match jobs.lock() {
@@ -322,16 +393,16 @@ fn hasher(jobs: &Mutex<Receiver<Job>>, done: Sender<Done>, paths: &[PathBuf]) {
             Err(_) => return,
         };
         let Ok(job) = job else { return };
-        if done.send(process(job, &mut cluster_buf, paths)).is_err() {
+        if done.send(process(job, &mut cluster_buf, files)).is_err() {
             return;
         }
     }
 }
 
-/// Decompress a job's compressed clusters into its buffer and hash it.
-fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
-    let result = decompress_pieces(&mut job, cluster_buf, paths)
-        .map(|()| Sha256::digest(&job.buf[..job.len]).into());
+/// Decompress a job's compressed clusters into its buffer and hash its segments.
+fn process(mut job: Job, cluster_buf: &mut Vec<u8>, files: &[Arc<ImageFile>]) -> Done {
+    let result = decompress_pieces(&mut job, cluster_buf, files)
+        .and_then(|()| hash_segments(&mut job, files));
     Done {
         index: job.index,
         result,
@@ -339,17 +410,48 @@ fn process(mut job: Job, cluster_buf: &mut Vec<u8>, paths: &[PathBuf]) -> Done {
     }
 }
 
+/// SHA-256 of the job's segments in order.
+fn hash_segments(job: &mut Job, files: &[Arc<ImageFile>]) -> Result<Digest, ImageError> {
+    let mut sha = Sha256::new();
+    for seg in &job.segs {
+        match *seg {
+            Seg::Zero { mut len } => {
+                while len > 0 {
+                    let n = len.min(ZEROS.len());
+                    sha.update(&ZEROS[..n]);
+                    len -= n;
+                }
+            }
+            Seg::Buf { dst, len } => sha.update(&job.buf[dst..dst + len]),
+            Seg::Mapped {
+                dst,
+                len,
+                file,
+                host,
+            } => match mapped::map(&files[file], host, len) {
+                Some(m) => sha.update(m.bytes()),
+                None => {
+                    let buf = &mut job.buf[dst..dst + len];
+                    files[file].read_exact_at(buf, host)?;
+                    sha.update(buf);
+                }
+            },
+        }
+    }
+    Ok(sha.finalize().into())
+}
+
 /// Decompress the job's compressed clusters into its buffer, then forget them.
 fn decompress_pieces(
     job: &mut Job,
     cluster_buf: &mut Vec<u8>,
-    paths: &[PathBuf],
+    files: &[Arc<ImageFile>],
 ) -> Result<(), ImageError> {
     for p in &job.pieces {
         cluster_buf.resize(p.cluster, 0);
         if let Err(problem) = decompress_cluster(p.algo, &job.comp[p.src.clone()], cluster_buf) {
             return Err(ImageError::malformed(
-                &paths[p.file],
+                &files[p.file].path,
                 format!(
                     "the compressed cluster for guest offset {:#x} (at {:#x}, {} bytes, {}) is bad: {problem}",
                     p.guest,

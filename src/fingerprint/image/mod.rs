@@ -28,6 +28,7 @@ mod error;
 mod hash;
 pub mod manifest;
 mod map;
+mod mapped;
 mod qcow2;
 mod raw;
 mod source;
@@ -129,7 +130,7 @@ pub struct Options<'a> {
     pub format: FormatChoice,
     /// Keep every chunk digest in [`ImageFingerprint::chunks`] (32 bytes per 4 MiB).
     pub keep_chunks: bool,
-    /// Hashing threads; 0 = one per available core.
+    /// Hashing threads in all, the one that reads included; 0 = one per available core.
     pub threads: usize,
     /// Called after each chunk, in order, from the calling thread.
     pub progress: Option<&'a (dyn Fn(Progress) + Sync)>,
@@ -248,7 +249,7 @@ impl Image {
 
     /// Hash the image. Every chunk digest is passed to `on_chunk(index, digest)` in
     /// order (an error from it stops hashing and is returned); `chunks` in the result is
-    /// `None`. `threads` 0 means one per core.
+    /// `None`. `threads` (the calling one included) 0 means one per core.
     pub fn fingerprint(
         mut self,
         threads: usize,
