@@ -4,7 +4,8 @@
 //! command is a thin layer in [`cli`] over the domain modules below, which never print and
 //! never exit. See `ARCHITECTURE.md` for the code map and the invariants.
 // Unsafe code is refused everywhere but in `fingerprint::image::mapped` (mapping image
-// files to hash them without copying; that module says why and what it guards against).
+// files to hash them without copying; that module says why and what it guards against,
+// and its tests fail if unsafe code appears anywhere else).
 #![deny(unsafe_code)]
 
 pub mod backup;

@@ -76,6 +76,19 @@ impl ImageError {
         }
     }
 
+    /// The file ended before `end` although it was longer when opened: it shrank (was
+    /// truncated) while it was being read.
+    pub(crate) fn shrank(path: &Path, end: u64) -> ImageError {
+        ImageError::io(
+            path,
+            "reading",
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ended before offset {end} (was it truncated while being read?)"),
+            ),
+        )
+    }
+
     pub(crate) fn manifest(path: &Path, problem: impl Into<String>) -> ImageError {
         ImageError::Manifest {
             path: path.to_path_buf(),

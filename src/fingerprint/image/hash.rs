@@ -1,20 +1,24 @@
 //! The hashing pipeline: one reader, several hashers.
 //!
-//! The calling thread walks the image in guest order, one 4 MiB chunk at a time, and
-//! describes each chunk as segments in guest order: runs of zeros, large runs of stored
-//! data (at least [`MAP_MIN`] bytes, from a regular file), and bytes it puts in the chunk
-//! buffer (small runs of data, read there, and the compressed bytes of compressed
-//! clusters). Chunks are taken in order, so files are read sequentially, which suits a
-//! spinning disk; the kernel's read-ahead (`POSIX_FADV_SEQUENTIAL`) serves the mapped
-//! runs. (Asking for each run ahead with `POSIX_FADV_WILLNEED` measured slower: 2.0 s
-//! against 1.2 s for 2 GiB not in the page cache.)
-//! Hasher threads decompress the compressed clusters into the buffer and SHA-256 the
-//! segments, hashing large runs where they lie in the page cache (see `mapped`: this saves
-//! copying every byte once) and zeros from a static block. Of `threads` hashing threads,
-//! the reader is one: there are `threads - 1` hasher threads, and when every job is busy
-//! the reader hashes a queued chunk itself instead of waiting (so the cores hash, rather
-//! than one more thread than cores; 4-5% faster on 2 cores than a hasher per core). A chunk that is all zeros (holes, zero or unallocated clusters) is
-//! not read or hashed at all: its digest is computed once per length and reused.
+//! The calling thread (the reader) walks the image in guest order, one 4 MiB chunk at a
+//! time, and describes each chunk as segments in guest order: runs of zeros; long runs of
+//! stored data in a regular file (at least [`MAP_MIN`] bytes), left to be hashed where
+//! they lie in the page cache (see `mapped`: this saves copying every byte once); and bytes
+//! it reads into the chunk buffer itself (short runs, block devices, the compressed bytes
+//! of compressed clusters). Hasher threads decompress the compressed clusters into the
+//! buffer and SHA-256 the segments in order, zeros from a static block.
+//!
+//! Of `threads` hashing threads the reader is one: there are `threads - 1` hasher
+//! threads, and when every job is queued the reader hashes one itself instead of waiting
+//! (so as many threads hash as there are cores, not one more: 4-5% faster on 2 cores).
+//!
+//! Chunks are handed out in order, so the disk is read front to back within a window of
+//! a few chunks (the pool), which suits a spinning disk: the reader's own reads are
+//! sequential, and the pages of mapped runs are faulted in by the hashers with the
+//! kernel's read-ahead (`POSIX_FADV_SEQUENTIAL`). Asking for each run ahead with
+//! `POSIX_FADV_WILLNEED` measured slower (2.0 s against 1.2 s for 2 GiB not in the page
+//! cache). A chunk that is all zeros (holes, zero or unallocated clusters) is not read or
+//! hashed at all: its digest is computed once per length and reused.
 //!
 //! Memory is bounded by the pool: `threads + 1` chunk buffers (4 MiB each, plus at most
 //! [`COMP_BUDGET`] of compressed bytes), a cluster buffer per hasher, one mapped run (at
@@ -44,8 +48,9 @@ const COMP_BUDGET: usize = 4 << 20;
 /// Most finished digests held back waiting for an earlier chunk.
 const MAX_PENDING: usize = 1024;
 
-/// Runs of stored data at least this long are hashed where they lie (mapped); shorter
-/// ones are read into the chunk buffer, where a copy costs less than a mapping.
+/// Runs of stored data at least this long are hashed where they lie (mapped) when they can
+/// be (see `mapped::mappable`); shorter ones, and those of block devices, are read into
+/// the chunk buffer by the reader (for short runs a copy costs less than a mapping).
 const MAP_MIN: u64 = 256 << 10;
 
 /// Zeros to hash zero runs from.
@@ -122,9 +127,6 @@ pub fn hash_chain(
     let files: Vec<Arc<ImageFile>> = chain.files.clone();
     for f in &files {
         f.advise_sequential();
-    }
-    if let Some(top) = files.first() {
-        mapped::note_image(&top.path);
     }
     let pool = hashers + 2;
     let (job_tx, job_rx) = sync_channel::<Job>(pool);
@@ -314,7 +316,9 @@ impl Reader<'_, '_> {
             let len = e.len as usize;
             match e.piece {
                 Piece::Zero | Piece::Unallocated => push_seg(&mut job.segs, Seg::Zero { len }),
-                Piece::Data { file, host } if e.len >= MAP_MIN => {
+                Piece::Data { file, host }
+                    if e.len >= MAP_MIN && mapped::mappable(&self.files[file], host, e.len) =>
+                {
                     self.allocated += e.len;
                     job.segs.push(Seg::Mapped {
                         dst,
@@ -429,7 +433,12 @@ fn hash_segments(job: &mut Job, files: &[Arc<ImageFile>]) -> Result<Digest, Imag
                 file,
                 host,
             } => match mapped::map(&files[file], host, len) {
-                Some(m) => sha.update(m.bytes()),
+                Some(m) => {
+                    sha.update(m.bytes());
+                    if let Some(fault) = m.fault() {
+                        return Err(fault_error(&files[file], fault, host, len));
+                    }
+                }
                 None => {
                     let buf = &mut job.buf[dst..dst + len];
                     files[file].read_exact_at(buf, host)?;
@@ -439,6 +448,19 @@ fn hash_segments(job: &mut Job, files: &[Arc<ImageFile>]) -> Result<Digest, Imag
         }
     }
     Ok(sha.finalize().into())
+}
+
+/// The error for a fault while reading `len` bytes at `host` from a mapping, in the words a
+/// failed read would have.
+fn fault_error(file: &ImageFile, fault: mapped::Fault, host: u64, len: usize) -> ImageError {
+    let end = host + len as u64;
+    let source = match fault {
+        mapped::Fault::Shrank => return ImageError::shrank(&file.path, end),
+        mapped::Fault::Io => std::io::Error::other(format!(
+            "an I/O error on the bytes at offsets {host} to {end} (a bus error on their mapping)"
+        )),
+    };
+    ImageError::io(&file.path, "reading", source)
 }
 
 /// Decompress the job's compressed clusters into its buffer, then forget them.

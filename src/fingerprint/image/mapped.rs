@@ -1,99 +1,155 @@
 //! Zero-copy reads: ranges of an image file mapped into memory and hashed in place, and
-//! the `SIGBUS` guard that makes a file shrinking under a mapping a clear error.
+//! the `SIGBUS` guard that turns a fault on such a mapping into an ordinary error.
 //!
 //! This module holds vmledger's only `unsafe` code, for a measured need: hashing a
 //! page-cached 2 GiB raw image through `pread` spends a fifth of its CPU copying pages into
 //! buffers, which kept `vmledger diff IMAGE MANIFEST` at 1.8x `qemu-img compare` (target
-//! 1.5x; README, "Benchmarks"). Hashing the page cache where it lies removes that copy.
+//! 1.5x; README, "Benchmarks"). Hashing the page cache where it lies removes that copy
+//! (1.15x).
 //!
 //! What mapping a file risks, and how each risk is met:
-//! - The file shrinks while mapped: touching a page past the new end raises `SIGBUS`.
-//!   [`map`] first installs a handler that writes one line to stderr naming the image (the one last passed to
-//!   [`note_image`]), the cause and what to do, and exits with code 2, the code of every
-//!   other image error, instead of dumping core. The fingerprint is lost,
-//!   as with a read error; nothing half-done is recorded (ledger writes are transactions).
-//! - The file changes while mapped: the hash sees a mix of old and new bytes, exactly as a
-//!   `pread` racing the same writer would. Fingerprints are taken of images at rest.
+//! - The file shrinks while mapped (touching a page past its new end raises `SIGBUS`), or
+//!   a page cannot be read (an I/O error, which `pread` would return as `EIO`, is also a
+//!   `SIGBUS` on a mapping). Every live mapping is registered in a fixed table of atomics.
+//!   The guard, installed before the first mapping, looks the faulting address up there:
+//!   when it lies in a live mapping, it maps zero pages over that mapping (so the access
+//!   completes), marks it faulted and returns; the caller sees [`Mapped::fault`] after
+//!   hashing and returns an `ImageError` naming the file, exactly as a failed `pread`
+//!   would. A fault anywhere else is not ours: the guard puts the previous action back and
+//!   returns, and the fault repeats under it (Rust's own handler, then the default core
+//!   dump). The guard only reads atomics and calls `mmap` and `sigaction`.
+//! - The file changes while mapped: the bytes under a shared `&[u8]` change while it is
+//!   borrowed, which Rust's rules do not allow for; in practice the hash sees a mix of old
+//!   and new bytes, as a `pread` racing the same writer would (ripgrep accepts the same).
+//!   Fingerprints are taken of images at rest; the hooks compare the file's metadata
+//!   before and after.
 //! - Memory: each mapping covers one extent of at most one chunk (4 MiB) and is dropped as
 //!   soon as it is hashed, so mapped pages never add more than a chunk per hashing thread
 //!   to the resident set.
 //!
-//! Block devices and ranges outside the size the file had when opened are not mapped;
-//! callers read those as before ([`map`] returns `None`, and so does a failing `mmap`).
+//! [`mappable`] says which ranges are worth mapping: not those of block devices, nor
+//! ranges outside the size the file had when opened; [`map`] returns `None` for those,
+//! when `mmap` fails, and when every slot of the table is taken, and the caller reads the
+//! range instead.
 
-use std::os::unix::ffi::OsStrExt as _;
-use std::path::Path;
-use std::sync::Once;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
+use nix::libc;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
 use super::source::ImageFile;
 
-/// What the `SIGBUS` handler prints, around the image's name, before exiting with code 2.
-const SIGBUS_PREFIX: &[u8] = b"vmledger: error: ";
-const SIGBUS_MESSAGE: &[u8] = b": the image (or a file of its backing chain) shrank while it \
-was being read (bus error on a mapped page): the fingerprint is void and nothing was \
-recorded from it; run again once nothing is truncating or rewriting the image\n";
+/// Live mappings at once (one per hashing thread is what is used); past this, ranges are
+/// read instead.
+const SLOTS: usize = 64;
 
-/// The name of the image being hashed, for the `SIGBUS` handler: bytes in atomics, which a
-/// signal handler may read (a lock or an allocation it may not touch).
-const NAME_MAX: usize = 1024;
-static NAME: [AtomicU8; NAME_MAX] = [const { AtomicU8::new(0) }; NAME_MAX];
-static NAME_LEN: AtomicUsize = AtomicUsize::new(0);
-
-/// Record `path` as the image being hashed, so that a bus error names it (its first
-/// [`NAME_MAX`] bytes). When several images are hashed at once, the last one noted is
-/// named.
-pub fn note_image(path: &Path) {
-    let bytes = path.as_os_str().as_bytes();
-    let n = bytes.len().min(NAME_MAX);
-    NAME_LEN.store(0, Ordering::Release);
-    for (slot, b) in NAME.iter().zip(&bytes[..n]) {
-        slot.store(*b, Ordering::Relaxed);
-    }
-    NAME_LEN.store(n, Ordering::Release);
+/// One live mapping: `start` (0 when the slot is free) and `len` of the mapped range, and
+/// the `si_code` of a fault on it (0: none).
+struct Slot {
+    start: AtomicUsize,
+    len: AtomicUsize,
+    fault: AtomicI32,
 }
 
-/// `len` bytes of a file at some offset, mapped read-only.
+static TABLE: [Slot; SLOTS] = [const {
+    Slot {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        fault: AtomicI32::new(0),
+    }
+}; SLOTS];
+
+/// The `SIGBUS` action before the guard (what a fault that is not ours goes back to), set
+/// once the guard is installed.
+static PREVIOUS: OnceLock<SigAction> = OnceLock::new();
+
+/// What went wrong reading a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The file ended before the mapped range did: it shrank after it was opened.
+    Shrank,
+    /// The pages could not be read (an I/O error).
+    Io,
+}
+
+/// `len` bytes of a file at some offset, mapped read-only and registered with the guard.
 pub struct Mapped {
     map: Mmap,
     skip: usize,
     len: usize,
+    slot: usize,
 }
 
 impl Mapped {
-    /// The mapped bytes.
+    /// The mapped bytes (zeros from the faulting page on, after a fault).
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.skip..self.skip + self.len]
     }
+
+    /// Whether reading [`Mapped::bytes`] faulted; when it did, what they hold is void.
+    pub fn fault(&self) -> Option<Fault> {
+        match TABLE[self.slot].fault.load(Ordering::Acquire) {
+            0 => None,
+            libc::BUS_ADRERR => Some(Fault::Shrank),
+            _ => Some(Fault::Io),
+        }
+    }
 }
 
-/// Map `[offset, offset + len)` of `file` read-only, or `None` when it cannot or should
-/// not be (a block device, a range outside the file's size at open, `mmap` failing): the
-/// caller then reads the range instead.
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // Unregister before the mapping goes (its fields drop after this).
+        let slot = &TABLE[self.slot];
+        slot.len.store(0, Ordering::Release);
+        slot.start.store(0, Ordering::Release);
+    }
+}
+
+/// Whether `[offset, offset + len)` of `file` can be mapped: a regular file's range inside
+/// the size it had when opened.
+pub fn mappable(file: &ImageFile, offset: u64, len: u64) -> bool {
+    !file.is_block_device && len > 0 && offset.checked_add(len).is_some_and(|e| e <= file.len)
+}
+
+/// Map `[offset, offset + len)` of `file` read-only, or `None` (the caller reads the range
+/// instead) when it is not [`mappable`], when the guard or `mmap` fails, or when every
+/// slot of the table is taken.
 pub fn map(file: &ImageFile, offset: u64, len: usize) -> Option<Mapped> {
-    let end = offset.checked_add(len as u64)?;
-    if file.is_block_device || len == 0 || end > file.len {
+    if !mappable(file, offset, len as u64) || !guard_installed() {
         return None;
     }
-    install_sigbus_guard();
-    // mmap offsets must be page-aligned; map from the page the range starts in.
+    // mmap offsets must be page-aligned; map from the page the range starts in, so that
+    // the mapping (and the range the guard knows) starts where the map does.
     let page = page_size();
     let start = offset - offset % page;
     let skip = (offset - start) as usize;
     let total = skip.checked_add(len)?;
-    // SAFETY: the mapping is read-only and private to this value, and the bytes are only
-    // ever read (hashed). If another process truncates the file meanwhile, touching a page
-    // past its new end raises SIGBUS, which the guard turns into a clear error and exit 2;
-    // if it writes to the file, the hash sees old or new bytes, as a racing pread would.
+    // SAFETY: the mapping is read-only and private to this value, its bytes are only read
+    // (hashed), and it is registered with the guard before anything reads it: a fault on
+    // it (the file shrank, or an I/O error) is caught and reported through `fault`. What
+    // a concurrent writer does to the bytes is discussed in the module documentation.
     #[allow(unsafe_code)]
     let map = unsafe { MmapOptions::new().offset(start).len(total).map(&file.file) }.ok()?;
-    Some(Mapped { map, skip, len })
+    let base = map.as_ptr() as usize;
+    let slot = TABLE.iter().position(|s| {
+        s.start
+            .compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })?;
+    TABLE[slot].fault.store(0, Ordering::Release);
+    TABLE[slot].len.store(total, Ordering::Release);
+    Some(Mapped {
+        map,
+        skip,
+        len,
+        slot,
+    })
 }
 
 fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static PAGE: OnceLock<u64> = OnceLock::new();
     *PAGE.get_or_init(|| {
         nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
@@ -104,41 +160,62 @@ fn page_size() -> u64 {
     })
 }
 
-/// Install the `SIGBUS` handler once. It replaces whatever was there: the default action
-/// (a core dump), or the one Rust's runtime installs in every program, which on Linux only
-/// restores the default (Rust detects stack overflows by `SIGSEGV` here).
-fn install_sigbus_guard() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+/// Install the guard once; false when that failed (nothing is mapped then).
+fn guard_installed() -> bool {
+    static INSTALLED: OnceLock<bool> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
         let guard = SigAction::new(
-            SigHandler::Handler(on_sigbus),
-            SaFlags::empty(),
+            SigHandler::SigAction(on_sigbus),
+            SaFlags::SA_SIGINFO,
             SigSet::empty(),
         );
-        // SAFETY: `on_sigbus` only reads atomics and calls async-signal-safe functions
-        // (write, _exit).
+        // SAFETY: `on_sigbus` only reads atomics and the saved previous action, and calls
+        // mmap and sigaction, which touch no lock or allocator of this process.
         #[allow(unsafe_code)]
-        let _ = unsafe { sigaction(Signal::SIGBUS, &guard) };
-    });
+        let previous = unsafe { sigaction(Signal::SIGBUS, &guard) };
+        match previous {
+            Ok(old) => PREVIOUS.set(old).is_ok(),
+            Err(_) => false,
+        }
+    })
 }
 
-extern "C" fn on_sigbus(_signal: nix::libc::c_int) {
-    let mut name = [0u8; NAME_MAX];
-    let n = NAME_LEN.load(Ordering::Acquire).min(NAME_MAX);
-    for (b, slot) in name.iter_mut().zip(&NAME[..n]) {
-        *b = slot.load(Ordering::Relaxed);
-    }
-    let name: &[u8] = if n == 0 { b"an image" } else { &name[..n] };
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffers are valid for the
-    // lengths given.
+extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     #[allow(unsafe_code)]
-    unsafe {
-        for part in [SIGBUS_PREFIX, name, SIGBUS_MESSAGE] {
-            nix::libc::write(2, part.as_ptr().cast(), part.len());
+    let (addr, code) = unsafe { ((*info).si_addr() as usize, (*info).si_code) };
+    for slot in &TABLE {
+        let start = slot.start.load(Ordering::Acquire);
+        let len = slot.len.load(Ordering::Acquire);
+        if start != 0 && addr >= start && addr - start < len {
+            // SAFETY: `[start, start + len)` is a live mapping this module owns (it is
+            // unregistered before it is unmapped); replacing it with private zero pages
+            // lets the faulting read complete, and its owner discards what it read.
+            #[allow(unsafe_code)]
+            let zeros = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                )
+            };
+            if zeros != libc::MAP_FAILED {
+                slot.fault.store(code.max(1), Ordering::Release);
+                return;
+            }
+            break;
         }
-        nix::libc::_exit(2);
     }
+    // Not a fault on one of our mappings (or it could not be patched): put the previous
+    // action back; returning makes the fault happen again under it.
+    let fallback = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    let previous = PREVIOUS.get().unwrap_or(&fallback);
+    // SAFETY: sigaction is async-signal-safe; `previous` is the action that was in place.
+    #[allow(unsafe_code)]
+    let _ = unsafe { sigaction(Signal::SIGBUS, previous) };
 }
 
 #[cfg(test)]
@@ -162,6 +239,7 @@ mod tests {
         for (off, len) in [(0, 1), (1, 4095), (4095, 2), (4096, 8192), (5000, 7388)] {
             let m = map(&f, off, len).expect("maps");
             assert_eq!(m.bytes(), &data[off as usize..off as usize + len]);
+            assert_eq!(m.fault(), None);
         }
     }
 
@@ -173,5 +251,49 @@ mod tests {
         assert!(map(&f, u64::MAX, 2).is_none());
         assert!(map(&f, 0, 0).is_none());
         assert!(map(&f, 0, 4096).is_some());
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_its_mapping_is_a_fault_not_a_crash() {
+        let data = vec![0xabu8; 64 << 10];
+        let (t, f) = file_with(&data);
+        let m = map(&f, 4096, 60 << 10).expect("maps");
+        t.as_file().set_len(8192).unwrap();
+        let sum: u64 = m.bytes().iter().map(|&b| u64::from(b)).sum();
+        assert_eq!(m.fault(), Some(Fault::Shrank));
+        // The first page still held data; the rest read as the zeros patched in.
+        assert!(sum <= 4096 * 0xab, "{sum}");
+        drop(m);
+        // The slot is free again and a fresh mapping of what is left is clean.
+        let again = map(&ImageFile::open(t.path()).unwrap(), 0, 8192).expect("maps");
+        assert_eq!(again.bytes(), &data[..8192]);
+        assert_eq!(again.fault(), None);
+    }
+
+    /// `unsafe` is denied crate-wide (`lib.rs`); this keeps the `allow`s in this module.
+    #[test]
+    fn unsafe_code_is_confined_to_this_module() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let this = std::path::Path::new(file!())
+            .file_name()
+            .unwrap()
+            .to_owned();
+        let mut elsewhere = Vec::new();
+        for e in walkdir::WalkDir::new(&src) {
+            let e = e.unwrap();
+            if e.path().extension().is_none_or(|x| x != "rs") || e.file_name() == this {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            if text.contains(concat!("allow(", "unsafe_code"))
+                || text.contains(concat!("unsafe", " {"))
+            {
+                elsewhere.push(e.path().display().to_string());
+            }
+        }
+        assert!(
+            elsewhere.is_empty(),
+            "unsafe code outside mapped.rs: {elsewhere:?}"
+        );
     }
 }

@@ -65,6 +65,21 @@ impl RawLayer {
         Ok(())
     }
 
+    /// An error when the file is now shorter than `end` while it was not when opened (it
+    /// was truncated while being read: what is gone is not a hole).
+    fn check_not_shrunk(&self, end: u64) -> Result<(), ImageError> {
+        let now = self
+            .file
+            .file
+            .metadata()
+            .map_err(|e| ImageError::io(&self.file.path, "reading", e))?
+            .len();
+        if now < end.min(self.file.len) {
+            return Err(ImageError::shrank(&self.file.path, end.min(self.file.len)));
+        }
+        Ok(())
+    }
+
     /// The end of the data or hole region containing `pos`, and whether it is data.
     fn region(&mut self, pos: u64) -> Result<(u64, bool), ImageError> {
         let size = self.file.len;
@@ -109,6 +124,11 @@ impl RawLayer {
                 }
             }
         };
+        if data_start > pos {
+            // A hole, or the end of a file that shrank since it was opened: zeros only in
+            // the first case.
+            self.check_not_shrunk(data_start)?;
+        }
         self.known = [(pos, data_start, false), (data_start, data_end, true)];
         if data_start > pos {
             Ok((data_start, false))

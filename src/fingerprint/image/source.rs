@@ -69,17 +69,7 @@ impl ImageFile {
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                ImageError::Io {
-                    path: self.path.clone(),
-                    what: "reading",
-                    source: io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the file ended before offset {} (was it truncated while being read?)",
-                            offset + buf.len() as u64
-                        ),
-                    ),
-                }
+                ImageError::shrank(&self.path, offset + buf.len() as u64)
             } else {
                 ImageError::io(&self.path, "reading", e)
             }
