@@ -100,6 +100,16 @@ struct Job {
     pieces: Vec<CompPiece>,
 }
 
+/// A job's chunk buffer `buf`, grown to the chunk's length `len` when first needed: a
+/// chunk made only of zeros and mapped runs (most of a raw or uncompressed qcow2 image)
+/// never needs one.
+fn grown(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    buf
+}
+
 struct Done {
     index: u64,
     result: Result<Digest, ImageError>,
@@ -307,7 +317,6 @@ impl Reader<'_, '_> {
     /// Describe `job` as segments and fill its buffer with the bytes that go there
     /// (compressed clusters are left to the hasher, large runs of data to the mapping).
     fn fill(&mut self, job: &mut Job, start: u64) -> Result<(), ImageError> {
-        job.buf.resize(job.len, 0);
         job.segs.clear();
         job.comp.clear();
         job.pieces.clear();
@@ -328,7 +337,8 @@ impl Reader<'_, '_> {
                     });
                 }
                 Piece::Data { file, host } => {
-                    self.files[file].read_exact_at(&mut job.buf[dst..dst + len], host)?;
+                    let buf = &mut grown(&mut job.buf, job.len)[dst..dst + len];
+                    self.files[file].read_exact_at(buf, host)?;
                     self.allocated += e.len;
                     push_seg(&mut job.segs, Seg::Buf { dst, len });
                 }
@@ -417,7 +427,8 @@ fn process(mut job: Job, cluster_buf: &mut Vec<u8>, files: &[Arc<ImageFile>]) ->
 /// SHA-256 of the job's segments in order.
 fn hash_segments(job: &mut Job, files: &[Arc<ImageFile>]) -> Result<Digest, ImageError> {
     let mut sha = Sha256::new();
-    for seg in &job.segs {
+    let Job { segs, buf, len, .. } = job;
+    for seg in segs.iter() {
         match *seg {
             Seg::Zero { mut len } => {
                 while len > 0 {
@@ -426,23 +437,23 @@ fn hash_segments(job: &mut Job, files: &[Arc<ImageFile>]) -> Result<Digest, Imag
                     len -= n;
                 }
             }
-            Seg::Buf { dst, len } => sha.update(&job.buf[dst..dst + len]),
+            Seg::Buf { dst, len: n } => sha.update(&buf[dst..dst + n]),
             Seg::Mapped {
                 dst,
-                len,
+                len: n,
                 file,
                 host,
-            } => match mapped::map(&files[file], host, len) {
+            } => match mapped::map(&files[file], host, n) {
                 Some(m) => {
                     sha.update(m.bytes());
                     if let Some(fault) = m.fault() {
-                        return Err(fault_error(&files[file], fault, host, len));
+                        return Err(fault_error(&files[file], fault, host, n));
                     }
                 }
                 None => {
-                    let buf = &mut job.buf[dst..dst + len];
-                    files[file].read_exact_at(buf, host)?;
-                    sha.update(buf);
+                    let run = &mut grown(buf, *len)[dst..dst + n];
+                    files[file].read_exact_at(run, host)?;
+                    sha.update(run);
                 }
             },
         }
@@ -486,7 +497,8 @@ fn decompress_pieces(
                 ),
             ));
         }
-        job.buf[p.dst..p.dst + p.len].copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
+        grown(&mut job.buf, job.len)[p.dst..p.dst + p.len]
+            .copy_from_slice(&cluster_buf[p.skip..p.skip + p.len]);
     }
     job.pieces.clear();
     job.comp.clear();
