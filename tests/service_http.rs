@@ -305,6 +305,48 @@ fn rate_limit_allows_a_burst_of_ten_then_429() {
     assert!(matches!(a.checkin(&*clock), Reply::Receipt(_)));
 }
 
+/// Somebody who knows an appliance's instance id floods the service with requests that
+/// name it, signed with a key of their own: they get 429s, and the appliance's own
+/// check-ins go on (its allowance is its own: per instance and signing key).
+#[test]
+fn requests_signed_with_another_key_never_use_up_an_instances_allowance() {
+    let sb = Sandbox::new();
+    let (db, key) = init_db(&sb);
+    sla(&sb, &db, "SN-1", "2028-12-31", CODE);
+    let clock = TestClock::at("2027-01-10T10:00:00Z");
+    let settings = Settings {
+        rate_burst: 3,
+        rate_per_minute: 1,
+        ..Settings::default()
+    };
+    let svc = Svc::start_with(&db, key, clock.clone(), settings);
+    let a = appliance(&sb, &svc, "a");
+    assert!(matches!(a.checkin(&*clock), Reply::Receipt(_)));
+    let intruder = vmledger::keys::SigningKey::generate().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let req = vmledger::checkin::sign_request(
+            "SN-1",
+            &intruder,
+            &a.instance_id(),
+            Vec::new(),
+            None,
+            None,
+            None,
+            clock.get(),
+        )
+        .unwrap();
+        statuses.push(match post(&svc.url, &req) {
+            Reply::Refused { status, .. } => status,
+            other => panic!("an intruder's request was not refused: {other:?}"),
+        });
+    }
+    assert!(statuses[..3].iter().all(|s| *s != 429), "{statuses:?}");
+    assert_eq!(&statuses[3..], &[429, 429, 429]);
+    // The clock has not moved: the appliance still has its own tokens.
+    assert_status(&a.checkin(&*clock), Status::Active, None);
+}
+
 #[test]
 fn oversized_and_slow_bodies_are_bounded() {
     let sb = Sandbox::new();

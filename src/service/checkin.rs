@@ -97,7 +97,16 @@ pub fn parse(bytes: &[u8]) -> Result<CheckinRequest, Refusal> {
 
 /// Check a parsed request (see the module doc). CPU only.
 pub fn prepare(req: CheckinRequest) -> Result<Prepared, Refusal> {
-    let public_key = req.verify().map_err(|e| match e {
+    let public_key = authenticate(&req)?;
+    prepare_authenticated(req, public_key)
+}
+
+/// Check the request's own form and signature (one Ed25519 verification): the public key
+/// it is signed with, which only its holder can sign for. The service rate-limits per
+/// instance *and* this key, so that requests naming somebody else's instance, signed
+/// with another key, never use up that instance's allowance.
+pub fn authenticate(req: &CheckinRequest) -> Result<[u8; PUBLIC_KEY_LEN], Refusal> {
+    req.verify().map_err(|e| match e {
         ProtocolError::BadSignature => Refusal::new(
             400,
             "bad_signature",
@@ -105,7 +114,14 @@ pub fn prepare(req: CheckinRequest) -> Result<Prepared, Refusal> {
         ),
         ProtocolError::Format { .. } => Refusal::new(400, "bad_format", e.to_string()),
         other => Refusal::new(400, "invalid_request", other.to_string()),
-    })?;
+    })
+}
+
+/// [`prepare`] for a request [`authenticate`] accepted with `public_key`.
+pub fn prepare_authenticated(
+    req: CheckinRequest,
+    public_key: [u8; PUBLIC_KEY_LEN],
+) -> Result<Prepared, Refusal> {
     let b = &req.body;
     if b.entries.len() > MAX_ENTRIES {
         return Err(Refusal::new(

@@ -130,7 +130,8 @@ impl Metrics {
     }
 }
 
-/// A token bucket per instance: `burst` requests at once, refilled at `per_minute`.
+/// A token bucket per instance and signing key: `burst` requests at once, refilled at
+/// `per_minute`.
 struct RateLimiter {
     per_ms: f64,
     burst: f64,
@@ -272,10 +273,17 @@ async fn checkin_inner(s: &AppState, headers: &HeaderMap, body: Body) -> Respons
         Ok(r) => r,
         Err(r) => return refusal(&r),
     };
-    // Rate limit on the claimed instance before the expensive checks.
+    // Rate limit on the claimed instance and the key that signed the request (one
+    // verification) before the expensive checks: a request that names somebody else's
+    // instance cannot use up its allowance, since it cannot be signed with its key.
+    let public_key = match checkin::authenticate(&req) {
+        Ok(k) => k,
+        Err(r) => return refusal(&r),
+    };
     let now_ms = s.clock.now().timestamp_millis();
+    let bucket = format!("{}/{}", req.body.instance, hex::encode(public_key));
     let limited = match s.limiter.lock() {
-        Ok(mut l) => l.take(&req.body.instance, now_ms),
+        Ok(mut l) => l.take(&bucket, now_ms),
         Err(_) => Ok(()),
     };
     if let Err(retry) = limited {
@@ -292,7 +300,7 @@ async fn checkin_inner(s: &AppState, headers: &HeaderMap, body: Body) -> Respons
         }
         return r;
     }
-    let prepared = match checkin::prepare(req) {
+    let prepared = match checkin::prepare_authenticated(req, public_key) {
         Ok(p) => p,
         Err(r) => return refusal(&r),
     };
