@@ -50,6 +50,10 @@ pub enum IdentityError {
         "{dir} has no instance.json but holds {ledger}; restore instance.json and instance.key from a backup, or move the state directory away to start a new identity (refusing to overwrite the ledger or the key)"
     )]
     Orphaned { dir: String, ledger: String },
+    #[error(
+        "ledger {ledger} is missing although this state directory holds instance {instance}: it was deleted or moved. Restore ledger.sqlite from a backup of the state directory (a new ledger cannot replace it: the licensing service holds this instance's history and refuses a second one); without a backup, contact the vendor's support"
+    )]
+    LedgerLost { ledger: String, instance: String },
     #[error("cannot use state directory {dir}: {source}")]
     Io { dir: String, source: std::io::Error },
     #[error("{path}: {message}")]
@@ -282,7 +286,13 @@ impl Instance {
 
     /// Open this instance's ledger.
     pub fn ledger(&self) -> Result<Ledger, IdentityError> {
-        Ok(Ledger::open(&self.dir.ledger_path())?)
+        match Ledger::open(&self.dir.ledger_path()) {
+            Err(LedgerError::Missing { path }) => Err(IdentityError::LedgerLost {
+                ledger: path,
+                instance: self.settings.instance.clone(),
+            }),
+            r => Ok(r?),
+        }
     }
 
     /// Save changed settings atomically.

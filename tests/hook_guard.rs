@@ -54,14 +54,18 @@ impl Host {
     }
 
     fn hook(&self, xml: &str, op: &str, sub: &str, extra: &[&str]) -> common::Cmd {
+        self.hook_with(xml, op, sub, "-").cmd_args(extra)
+    }
+
+    /// `NAME OP SUB EXTRA`, libvirt's argv.
+    fn hook_with(&self, xml: &str, op: &str, sub: &str, extra: &str) -> common::Cmd {
         let name = common::libvirt::xml_text(xml, "name").unwrap();
         self.sb
             .cmd(["--config", self.config.to_str().unwrap(), "hook", "libvirt"])
             .arg(&name)
             .arg(op)
             .arg(sub)
-            .arg("-")
-            .cmd_args(extra)
+            .arg(extra)
             .stdin(xml.as_bytes().to_vec())
     }
 
@@ -69,10 +73,11 @@ impl Host {
         self.hook(xml, "prepare", "begin", &[])
     }
 
-    /// What libvirt runs when a domain stops.
+    /// What libvirt runs when a domain shuts down: `stopped end -`, then `release end`
+    /// with the shutoff reason.
     fn stop(&self, xml: &str) {
-        for (op, sub) in [("stopped", "end"), ("release", "end")] {
-            let r = self.hook(xml, op, sub, &[]).ok();
+        for (op, sub, extra) in [("stopped", "end", "-"), ("release", "end", "shutdown")] {
+            let r = self.hook_with(xml, op, sub, extra).ok();
             assert_eq!(r.stdout, "");
         }
     }
@@ -288,6 +293,10 @@ fn a_copy_of_a_running_appliance_is_refused_and_after_it_stops_starts_as_a_resto
             "host_boot"
         ]
     );
+    // Recorded once, at `release end`, with the shutoff reason libvirt passes there.
+    let stop = latest(&e, "host_stop");
+    assert_eq!(stop["phase"], "release");
+    assert_eq!(stop["reason"], "shutdown");
     let at_rest = latest(&e, "disk_at_rest");
     assert_eq!(at_rest["disks"][0]["changed"], true);
     assert_eq!(at_rest["disks"][0]["root_via"], "hashed");

@@ -196,6 +196,35 @@ fn genesis_deleted_or_replaced_ledger_fails() {
     );
 }
 
+/// The ledger file deleted from an initialised state: every command says it was lost and
+/// to restore it from a backup, none advises `init` (which refuses an initialised state),
+/// and none quietly starts a new ledger.
+#[test]
+fn a_deleted_ledger_file_is_reported_as_lost_not_as_never_created() {
+    let sb = ledger_with(2);
+    for f in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+        let _ = std::fs::remove_file(sb.state().join(f));
+    }
+    for cmd in [&["ledger", "verify"][..], &["status"], &["boot"]] {
+        let r = sb.cmd(cmd).expect(2);
+        assert!(
+            r.stderr.contains("is missing although"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("Restore ledger.sqlite from a backup"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("vmledger init"), "{}", r.stderr);
+        assert!(
+            !sb.state().join("ledger.sqlite").exists(),
+            "{cmd:?} created a new ledger"
+        );
+    }
+}
+
 #[test]
 fn unparseable_entry_is_exit_1_not_2() {
     require("sqlite3");

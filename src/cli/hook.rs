@@ -207,7 +207,16 @@ fn libvirt(ctx: &Ctx, cfg: &Config, a: LibvirtArgs) -> anyhow::Result<Exit> {
                 Ok(Exit::Ok)
             }
             Action::Stop(phase) => {
-                let owed = host.stopped(&vm, phase, lv::reason(a.extra.as_deref()))?;
+                let reason = lv::reason(a.extra.as_deref());
+                // libvirt runs `stopped end -`, then `release end REASON` with the shutoff
+                // reason (`shutdown`, `destroyed`, `crashed`, ...): the stop is recorded
+                // once, at release, with its reason (at `stopped` only when that carries a
+                // reason itself). Should libvirtd die in between, the next start finds
+                // the domain gone and records the stop from its pid file.
+                if phase == "stopped" && reason.is_none() {
+                    return Ok(Exit::Ok);
+                }
+                let owed = host.stopped(&vm, phase, reason)?;
                 if owed && phase == "release" {
                     spawn_settle(ctx, cfg, &host, &vm)?;
                 }

@@ -71,7 +71,12 @@ fn show(ctx: &Ctx, dir: &StateDir, tail: Option<u64>) -> anyhow::Result<Exit> {
 }
 
 fn verify_cmd(ctx: &Ctx, dir: &StateDir) -> anyhow::Result<Exit> {
-    let ledger = Ledger::open(&dir.ledger_path())?;
+    let ledger = if is_initialised(&dir.root) && !dir.ledger_path().exists() {
+        // Lost, not yet created: say so, and what to do.
+        Instance::open(dir)?.ledger()?
+    } else {
+        Ledger::open(&dir.ledger_path())?
+    };
     // The instance's own key, when its files are present, must be the genesis key. Without
     // instance.key the chain is still checked under the genesis entry's key: the missing
     // key is reported beside the verdict, which it does not change.
