@@ -262,3 +262,119 @@ fn alerts_over_starttls() {
     assert_eq!(doc["sent"].as_array().unwrap().len(), 3, "{doc:#}");
     assert_eq!(smtp.wait_for(3).len(), 3);
 }
+
+/// A mail server that requires STARTTLS and then login (aiosmtpd with an authenticator,
+/// which logs every attempt): the configured `username`/`password` are used, a wrong
+/// password is a send failure that is retried, and the 1-day alert goes out too.
+#[test]
+fn alerts_log_in_when_credentials_are_configured() {
+    let _guard = one_at_a_time();
+    let sb = Sandbox::new();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (sb.join("cert.pem"), sb.join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let tls = format!("starttls = true\ntls_ca = \"{}\"\n", cert_pem.display());
+    let (db, config) = setup(
+        &sb,
+        port,
+        &format!("{tls}username = \"vendor-alerts\"\npassword = \"wrong\"\n"),
+    );
+    sla_set(
+        &sb,
+        &db,
+        "SN-TODAY",
+        &day(0),
+        None,
+        Some("today@example.com"),
+    );
+    let maildir = sb.join("maildir");
+    let auth_log = sb.join("auth.log");
+    let script = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, cert, key, user, password, log = sys.argv[1:]
+def authenticate(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
+    with open(log, "a") as f:
+        f.write(f"{mechanism} {data.login.decode(errors='replace')} {'ok' if ok else 'refused'}\n")
+    return AuthResult(success=ok)
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain(cert, key)
+Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port), tls_context=tls,
+           require_starttls=True, authenticator=authenticate, auth_required=True).start()
+while True:
+    time.sleep(1)
+"#;
+    let child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(&maildir)
+        .arg(&cert_pem)
+        .arg(&key_pem)
+        .args(["vendor-alerts", "s3cret"])
+        .arg(&auth_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aiosmtpd with an authenticator");
+    let smtp = Smtp {
+        child,
+        maildir: maildir.clone(),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let alerts = |code: i32| {
+        sb.cmd(["admin", "alerts", "--json", "--db"])
+            .arg(&db)
+            .arg("--config")
+            .arg(&config)
+            .expect(code)
+    };
+    // The wrong password: refused by the server, nothing sent, nothing recorded.
+    let r = alerts(2);
+    assert!(
+        r.stderr.contains("4 of 4 alert(s) could not be sent"),
+        "{}",
+        r.stderr
+    );
+    assert!(smtp.messages().is_empty());
+    let log = std::fs::read_to_string(&auth_log).unwrap_or_default();
+    assert!(log.contains("vendor-alerts refused"), "{log}");
+    // The right one: all four go out, each after a successful login.
+    let fixed = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("password = \"wrong\"", "password = \"s3cret\"");
+    std::fs::write(&config, fixed).unwrap();
+    let doc = alerts(0).json();
+    let mut stages: Vec<String> = doc["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["serial"].as_str().unwrap(),
+                a["stage"].as_str().unwrap()
+            )
+        })
+        .collect();
+    stages.sort();
+    assert_eq!(
+        stages,
+        ["SN-MONTH 30", "SN-OVER ended", "SN-SOON 7", "SN-TODAY 1"],
+        "{doc:#}"
+    );
+    assert_eq!(smtp.wait_for(4).len(), 4);
+    let log = std::fs::read_to_string(&auth_log).unwrap();
+    assert!(log.contains("vendor-alerts ok"), "{log}");
+}
