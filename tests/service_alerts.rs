@@ -30,13 +30,18 @@ impl Smtp {
         if let Some((cert, key)) = tls {
             cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
         }
-        cmd.args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(maildir)
-            .stdin(Stdio::null())
+        cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(maildir);
+        Smtp::spawn(cmd, port, maildir)
+    }
+
+    /// Start `cmd` (an SMTP server on `port` delivering into `maildir`) and wait until it
+    /// accepts connections.
+    fn spawn(mut cmd: Command, port: u16, maildir: &Path) -> Smtp {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let smtp = Smtp {
-            child: cmd.spawn().expect("start aiosmtpd"),
+            child: cmd.spawn().expect("start the SMTP server"),
             maildir: maildir.to_path_buf(),
         };
         // Wait until it accepts connections (bounded); Drop reaps it either way.
@@ -309,7 +314,8 @@ Controller(Mailbox(maildir), hostname="127.0.0.1", port=int(port), tls_context=t
 while True:
     time.sleep(1)
 "#;
-    let child = Command::new("/usr/bin/python3")
+    let mut server = Command::new("/usr/bin/python3");
+    server
         .arg("-c")
         .arg(script)
         .arg(port.to_string())
@@ -317,22 +323,8 @@ while True:
         .arg(&cert_pem)
         .arg(&key_pem)
         .args(["vendor-alerts", "s3cret"])
-        .arg(&auth_log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start aiosmtpd with an authenticator");
-    let smtp = Smtp {
-        child,
-        maildir: maildir.clone(),
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        .arg(&auth_log);
+    let smtp = Smtp::spawn(server, port, &maildir);
     let alerts = |code: i32| {
         sb.cmd(["admin", "alerts", "--json", "--db"])
             .arg(&db)

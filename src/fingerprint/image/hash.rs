@@ -123,8 +123,8 @@ pub struct Hashed {
     pub allocated_bytes: u64,
 }
 
-/// Hash every chunk of `chain` on `threads` threads (the calling one included), passing each chunk digest in
-/// order to `sink` and progress to `progress`.
+/// Hash every chunk of `chain` on `threads` threads (the calling one included), passing
+/// each chunk digest in order to `sink` and progress to `progress`.
 pub fn hash_chain(
     chain: &mut Chain,
     threads: usize,
